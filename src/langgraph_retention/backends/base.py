@@ -1,0 +1,72 @@
+"""What every storage backend provides; the engine only talks to this surface.
+
+A backend reads checkpoint indexes, deletes the sets `policy.plan_thread` chose, lists
+thread ids and sizes threads. Sync savers implement the sync methods, async savers the
+async ones; the engine bridges the other way (a worker thread, or the saver's loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime
+from typing import Any, ClassVar
+
+from langgraph_retention.policy import RetentionPolicy
+from langgraph_retention.report import ThreadResult, ThreadStats
+
+__all__ = ["Backend"]
+
+
+class Backend:
+    """Storage-specific reads and deletes for one saver object."""
+
+    name: ClassVar[str] = "backend"
+    #: True when the saver's native interface is asyncio (AsyncSqliteSaver, ...).
+    is_async: ClassVar[bool] = False
+
+    def __init__(self, saver: Any) -> None:
+        self.saver = saver
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop an async saver is bound to (sync calls are run there)."""
+        loop = getattr(self.saver, "loop", None)
+        return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
+
+    # -- sync interface (sync savers) -----------------------------------------
+    def prune_batch(
+        self,
+        thread_ids: Sequence[str],
+        policy: RetentionPolicy,
+        *,
+        dry_run: bool,
+        now: datetime,
+    ) -> list[ThreadResult]:
+        """Prune several threads, each decided on its own index; one result per id."""
+        raise NotImplementedError
+
+    def iter_thread_ids(self) -> Iterator[str]:
+        """Every thread id in the store, streamed."""
+        raise NotImplementedError
+
+    def thread_stats(self, thread_ids: Sequence[str]) -> list[tuple[str, ThreadStats]]:
+        """Sizes of the given threads; threads with no checkpoint are left out."""
+        raise NotImplementedError
+
+    # -- async interface (async savers) -----------------------------------------
+    async def aprune_batch(
+        self,
+        thread_ids: Sequence[str],
+        policy: RetentionPolicy,
+        *,
+        dry_run: bool,
+        now: datetime,
+    ) -> list[ThreadResult]:
+        raise NotImplementedError
+
+    def aiter_thread_ids(self) -> AsyncIterator[str]:
+        raise NotImplementedError
+
+    async def athread_stats(self, thread_ids: Sequence[str]) -> list[tuple[str, ThreadStats]]:
+        raise NotImplementedError

@@ -1,0 +1,322 @@
+"""`SqliteSaver` and `AsyncSqliteSaver`: one write transaction per batch of threads,
+set-based statements per (thread, namespace). SQLite keeps channel values inline in the
+checkpoint row, so deleting a checkpoint and its writes reclaims everything it held.
+
+The statements are named constants; `_prune_program` and friends yield them and receive
+their rows, so the sync (`sqlite3`) and async (`aiosqlite`) drivers share every decision.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from langgraph.checkpoint.serde.types import TASKS
+
+from langgraph_retention.errors import RetentionError
+from langgraph_retention.policy import (
+    CheckpointEntry,
+    RetentionPolicy,
+    checkpoint_time,
+    delta_needs,
+    plan_thread,
+)
+from langgraph_retention.report import ThreadResult, ThreadStats
+
+from .base import Backend
+
+__all__ = ["AsyncSqliteBackend", "SqliteBackend"]
+
+# -- statements ---------------------------------------------------------------------------
+# Thread id lists travel as one JSON array parameter (`json_each`), so a batch of any size
+# is one statement and the primary key (thread_id first) does the lookups.
+
+INDEX_SQL = """
+SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
+       coalesce(length(checkpoint), 0) + coalesce(length(metadata), 0),
+       CASE WHEN instr(checkpoint_ns, ':')
+            THEN json_extract(CAST(metadata AS TEXT), '$.parents') END,
+       CASE WHEN instr(CAST(metadata AS TEXT), 'counters_since_delta_snapshot')
+            THEN json_extract(CAST(metadata AS TEXT), '$.counters_since_delta_snapshot') END
+FROM checkpoints
+WHERE thread_id IN (SELECT value FROM json_each(?))
+"""
+
+# Checkpoints whose pending writes carry sends; a pre-v4 child reads them when it loads.
+SENDS_SQL = f"""
+SELECT DISTINCT thread_id, checkpoint_ns, checkpoint_id
+FROM writes
+WHERE thread_id IN (SELECT value FROM json_each(?)) AND channel = '{TASKS}'
+"""
+
+# Only for threads that use a DeltaChannel: which channels each checkpoint stores.
+DELTA_BODIES_SQL = """
+SELECT thread_id, checkpoint_ns, checkpoint_id, type, checkpoint
+FROM checkpoints
+WHERE thread_id IN (SELECT value FROM json_each(?))
+"""
+
+DOOMED_WRITES_SIZE_SQL = """
+SELECT count(*), coalesce(sum(length(value)), 0)
+FROM writes
+WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id IN (SELECT value FROM json_each(?))
+"""
+
+DELETE_WRITES_SQL = """
+DELETE FROM writes
+WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id IN (SELECT value FROM json_each(?))
+"""
+
+DELETE_CHECKPOINTS_SQL = """
+DELETE FROM checkpoints
+WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id IN (SELECT value FROM json_each(?))
+"""
+
+FIRST_THREAD_PAGE_SQL = """
+SELECT DISTINCT thread_id FROM checkpoints ORDER BY thread_id LIMIT ?
+"""
+
+NEXT_THREAD_PAGE_SQL = """
+SELECT DISTINCT thread_id FROM checkpoints WHERE thread_id > ? ORDER BY thread_id LIMIT ?
+"""
+
+CHECKPOINT_STATS_SQL = """
+SELECT thread_id, count(*),
+       coalesce(sum(coalesce(length(checkpoint), 0) + coalesce(length(metadata), 0)), 0),
+       max(checkpoint_id), count(DISTINCT checkpoint_ns)
+FROM checkpoints
+WHERE thread_id IN (SELECT value FROM json_each(?))
+GROUP BY thread_id
+"""
+
+WRITE_STATS_SQL = """
+SELECT thread_id, count(*), coalesce(sum(length(value)), 0)
+FROM writes
+WHERE thread_id IN (SELECT value FROM json_each(?))
+GROUP BY thread_id
+"""
+
+THREAD_PAGE_SIZE = 1000
+
+R = TypeVar("R")
+Statement = tuple[str, Sequence[Any]]
+Program = Generator[Statement, list[Any], R]
+Loads = Callable[[tuple[str, bytes]], Any]
+
+
+# -- programs: the decisions, shared by both drivers ------------------------------------
+
+
+def _prune_program(
+    thread_ids: Sequence[str],
+    policy: RetentionPolicy,
+    dry_run: bool,
+    now: datetime,
+    loads: Loads,
+) -> Program[list[ThreadResult]]:
+    """Read the batch's index, plan each thread, delete (unless dry run), report."""
+    ids_json = json.dumps(list(thread_ids))
+    rows = yield INDEX_SQL, (ids_json,)
+    sends = {(r[0], r[1], r[2]) for r in (yield SENDS_SQL, (ids_json,))}
+    by_thread: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    for row in rows:
+        by_thread[row[0]].append(row)
+
+    delta_threads = [tid for tid, trows in by_thread.items() if any(r[6] for r in trows)]
+    stored: dict[tuple[str, str, str], tuple[set[str], set[str]]] = {}
+    if delta_threads:
+        for tid, ns, cid, type_, blob in (yield DELTA_BODIES_SQL, (json.dumps(delta_threads),)):
+            body = loads((type_, blob))
+            stored[(tid, ns, cid)] = (
+                set(body.get("channel_versions", {})),
+                set(body.get("channel_values", {})),
+            )
+
+    results: list[ThreadResult] = []
+    for tid in thread_ids:
+        trows = by_thread.get(tid, [])
+        names_by_ns: dict[str, set[str]] = defaultdict(set)
+        for r in trows:
+            if r[6]:
+                names_by_ns[r[1]].update(json.loads(r[6]))
+        entries = []
+        sizes: dict[tuple[str, str], int] = {}
+        for _tid, ns, cid, parent, size, parents_json, _counters in trows:
+            sizes[(ns, cid)] = size
+            names = names_by_ns.get(ns)
+            needs: frozenset[str] = frozenset()
+            if names:
+                versioned, values = stored.get((tid, ns, cid), (set(), set()))
+                needs = delta_needs(names, versioned, values)
+            entries.append(
+                CheckpointEntry(
+                    checkpoint_ns=ns,
+                    checkpoint_id=cid,
+                    parent_id=parent,
+                    parents=json.loads(parents_json) if parents_json else {},
+                    delta_needs=needs,
+                    # The format version sits inside the serialized body; assume it may
+                    # predate v4 and keep the parent whenever it holds sends.
+                    sends_parent=(tid, ns, parent) in sends,
+                )
+            )
+        try:
+            plan = plan_thread(entries, policy, thread_id=tid, now=now)
+        except RetentionError as exc:
+            results.append(ThreadResult(tid, error=str(exc)))
+            continue
+        result = ThreadResult(tid, kept_checkpoints=plan.kept_count)
+        for ns, doomed in plan.delete.items():
+            doomed_json = json.dumps(doomed)
+            ((n_writes, write_bytes),) = yield DOOMED_WRITES_SIZE_SQL, (tid, ns, doomed_json)
+            result.deleted_checkpoints += len(doomed)
+            result.deleted_writes += n_writes
+            result.bytes_freed += write_bytes + sum(sizes[(ns, cid)] for cid in doomed)
+            if not dry_run:
+                yield DELETE_WRITES_SQL, (tid, ns, doomed_json)
+                yield DELETE_CHECKPOINTS_SQL, (tid, ns, doomed_json)
+        results.append(result)
+    return results
+
+
+def _stats_program(thread_ids: Sequence[str]) -> Program[list[tuple[str, ThreadStats]]]:
+    ids_json = json.dumps(list(thread_ids))
+    found: dict[str, ThreadStats] = {}
+    for tid, count, size, newest, namespaces in (yield CHECKPOINT_STATS_SQL, (ids_json,)):
+        found[tid] = ThreadStats(
+            checkpoints=count,
+            bytes=size,
+            namespaces=namespaces,
+            newest=checkpoint_time(newest),
+            newest_checkpoint_id=newest,
+        )
+    for tid, count, size in (yield WRITE_STATS_SQL, (ids_json,)):
+        if tid in found:
+            found[tid].writes = count
+            found[tid].bytes += size
+    return [(tid, found[tid]) for tid in thread_ids if tid in found]
+
+
+def _thread_page_program(after: str | None) -> Program[list[str]]:
+    """One page of thread ids in key order, after `after` (None: the first page)."""
+    if after is None:
+        rows = yield FIRST_THREAD_PAGE_SQL, (THREAD_PAGE_SIZE,)
+    else:
+        rows = yield NEXT_THREAD_PAGE_SQL, (after, THREAD_PAGE_SIZE)
+    return [r[0] for r in rows]
+
+
+# -- drivers ------------------------------------------------------------------------------
+
+
+def _run(conn: Any, program: Program[R], *, write: bool) -> R:
+    """Run a program on a sqlite3 connection inside one transaction."""
+    cur = conn.cursor()
+    try:
+        cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        sql, params = next(program)
+        while True:
+            cur.execute(sql, params)
+            sql, params = program.send(cur.fetchall())
+    except StopIteration as stop:
+        conn.commit()
+        return stop.value  # type: ignore[no-any-return]
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        cur.close()
+
+
+async def _arun(conn: Any, program: Program[R], *, write: bool) -> R:
+    """Run a program on an aiosqlite connection inside one transaction."""
+    try:
+        await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        sql, params = next(program)
+        while True:
+            async with conn.execute(sql, params) as cur:
+                rows = await cur.fetchall()
+            sql, params = program.send(list(rows))
+    except StopIteration as stop:
+        await conn.commit()
+        return stop.value  # type: ignore[no-any-return]
+    except BaseException:
+        await conn.rollback()
+        raise
+
+
+class SqliteBackend(Backend):
+    """Prunes a `SqliteSaver` on its own connection, under its own lock."""
+
+    name = "sqlite"
+
+    def _exec(self, program: Program[R], *, write: bool) -> R:
+        with self.saver.cursor(transaction=False):  # takes the saver's lock, runs setup()
+            return _run(self.saver.conn, program, write=write)
+
+    def prune_batch(
+        self,
+        thread_ids: Sequence[str],
+        policy: RetentionPolicy,
+        *,
+        dry_run: bool,
+        now: datetime,
+    ) -> list[ThreadResult]:
+        program = _prune_program(thread_ids, policy, dry_run, now, self.saver.serde.loads_typed)
+        return self._exec(program, write=not dry_run)
+
+    def iter_thread_ids(self) -> Iterator[str]:
+        after: str | None = None
+        while page := self._exec(_thread_page_program(after), write=False):
+            yield from page
+            after = page[-1]
+
+    def thread_stats(self, thread_ids: Sequence[str]) -> list[tuple[str, ThreadStats]]:
+        return self._exec(_stats_program(thread_ids), write=False)
+
+    def vacuum(self) -> None:
+        """Give the freed pages back to the file system (rewrites the database file)."""
+        with self.saver.cursor(transaction=False):
+            conn: sqlite3.Connection = self.saver.conn
+            conn.commit()
+            conn.execute("VACUUM")
+
+
+class AsyncSqliteBackend(Backend):
+    """Prunes an `AsyncSqliteSaver` on its aiosqlite connection, under its asyncio lock."""
+
+    name = "sqlite"
+    is_async = True
+
+    async def _aexec(self, program: Program[R], *, write: bool) -> R:
+        await self.saver.setup()  # takes the lock itself, so before we do
+        async with self.saver.lock:
+            return await _arun(self.saver.conn, program, write=write)
+
+    async def aprune_batch(
+        self,
+        thread_ids: Sequence[str],
+        policy: RetentionPolicy,
+        *,
+        dry_run: bool,
+        now: datetime,
+    ) -> list[ThreadResult]:
+        program = _prune_program(thread_ids, policy, dry_run, now, self.saver.serde.loads_typed)
+        return await self._aexec(program, write=not dry_run)
+
+    async def _aiter(self) -> AsyncIterator[str]:
+        after: str | None = None
+        while page := await self._aexec(_thread_page_program(after), write=False):
+            for tid in page:
+                yield tid
+            after = page[-1]
+
+    def aiter_thread_ids(self) -> AsyncIterator[str]:
+        return self._aiter()
+
+    async def athread_stats(self, thread_ids: Sequence[str]) -> list[tuple[str, ThreadStats]]:
+        return await self._aexec(_stats_program(thread_ids), write=False)

@@ -1,0 +1,323 @@
+"""The public operations: `prune_thread`, `sweep`, `stats` and their async twins.
+
+They glue the pure policy to a backend: validate input, pick the backend for the saver,
+stream thread ids in batches, fold per-thread results into a `PruneReport`. Sync savers
+used from async code run in a worker thread; async savers used from sync code run on
+their own event loop (as their own sync methods do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from langgraph_retention.backends import Backend, resolve_backend
+from langgraph_retention.policy import RetentionPolicy
+from langgraph_retention.report import PruneReport, Stats, ThreadResult, ThreadStats
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "aprune_thread",
+    "astats",
+    "asweep",
+    "prune_thread",
+    "stats",
+    "sweep",
+]
+
+logger = logging.getLogger("langgraph_retention")
+
+#: Threads pruned per transaction in a sweep: few enough to keep each write short.
+DEFAULT_BATCH_SIZE = 100
+
+T = TypeVar("T")
+Progress = Callable[[ThreadResult], None]
+
+
+def _check_policy(policy: Any) -> RetentionPolicy:
+    if not isinstance(policy, RetentionPolicy):
+        raise TypeError(
+            f"policy must be a RetentionPolicy, e.g. RetentionPolicy(keep_last=10); "
+            f"got {type(policy).__name__}"
+        )
+    return policy
+
+
+def _check_thread_id(thread_id: Any) -> str:
+    if not isinstance(thread_id, str):
+        raise TypeError(f"thread_id must be a str, got {type(thread_id).__name__}")
+    return thread_id
+
+
+def _check_thread_ids(thread_ids: Iterable[str] | None) -> list[str] | None:
+    if thread_ids is None:
+        return None
+    if isinstance(thread_ids, str):
+        raise TypeError("thread_ids must be a sequence of thread ids, not a single str")
+    return [_check_thread_id(t) for t in dict.fromkeys(thread_ids)]
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size
+
+
+def _on_loop(backend: Backend, make: Callable[[], Awaitable[T]]) -> T:
+    """Run an async backend call from sync code, on the loop the saver is bound to."""
+    loop = backend.loop
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    saver_name = type(backend.saver).__name__
+    if loop is None or loop.is_closed():
+        raise RuntimeError(
+            f"{saver_name} is an async checkpointer with no open event loop; "
+            "use the async API (await aprune_thread / asweep / astats)"
+        )
+    if running is loop:
+        raise RuntimeError(
+            f"sync calls on {saver_name} from its own event loop would deadlock; "
+            "use the async API (await aprune_thread / asweep / astats)"
+        )
+
+    async def call() -> T:
+        return await make()
+
+    if loop.is_running():
+        return asyncio.run_coroutine_threadsafe(call(), loop).result()
+    if running is not None:
+        raise RuntimeError(
+            f"{saver_name}'s event loop is not running and another loop runs here; "
+            "use the async API"
+        )
+    return loop.run_until_complete(call())
+
+
+def _prune_batch(
+    backend: Backend, ids: Sequence[str], policy: RetentionPolicy, dry_run: bool, now: datetime
+) -> list[ThreadResult]:
+    if backend.is_async:
+        return _on_loop(
+            backend, lambda: backend.aprune_batch(ids, policy, dry_run=dry_run, now=now)
+        )
+    return backend.prune_batch(ids, policy, dry_run=dry_run, now=now)
+
+
+async def _aprune_batch(
+    backend: Backend, ids: Sequence[str], policy: RetentionPolicy, dry_run: bool, now: datetime
+) -> list[ThreadResult]:
+    if backend.is_async:
+        return await backend.aprune_batch(ids, policy, dry_run=dry_run, now=now)
+    return await asyncio.to_thread(backend.prune_batch, ids, policy, dry_run=dry_run, now=now)
+
+
+def _failed_batch(ids: Sequence[str], exc: BaseException) -> list[ThreadResult]:
+    msg = f"{type(exc).__name__}: {exc}"
+    logger.error("prune failed for %d thread(s) (%s): %s", len(ids), ", ".join(ids[:5]), msg)
+    return [ThreadResult(tid, error=msg) for tid in ids]
+
+
+def _record(report: PruneReport, results: list[ThreadResult], progress: Progress | None) -> None:
+    for r in results:
+        if r.error is not None:
+            logger.error("thread %r not pruned: %s", r.thread_id, r.error)
+        report.add(r)
+        if progress is not None:
+            progress(r)
+
+
+def _batched(ids: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for tid in ids:
+        batch.append(tid)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+async def _abatched(ids: AsyncIterator[str], size: int) -> AsyncIterator[list[str]]:
+    batch: list[str] = []
+    async for tid in ids:
+        batch.append(tid)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _sync_thread_ids(backend: Backend) -> Iterator[str]:
+    if not backend.is_async:
+        yield from backend.iter_thread_ids()
+        return
+    aiterator = backend.aiter_thread_ids()
+
+    async def step() -> str | None:
+        try:
+            return await anext(aiterator)
+        except StopAsyncIteration:
+            return None
+
+    while (tid := _on_loop(backend, step)) is not None:
+        yield tid
+
+
+async def _async_thread_ids(backend: Backend) -> AsyncIterator[str]:
+    if backend.is_async:
+        async for tid in backend.aiter_thread_ids():
+            yield tid
+        return
+    iterator = backend.iter_thread_ids()
+    while (tid := await asyncio.to_thread(next, iterator, None)) is not None:
+        yield tid
+
+
+def prune_thread(
+    saver: Any, thread_id: str, policy: RetentionPolicy, *, dry_run: bool = False
+) -> PruneReport:
+    """Prune one thread of `saver` to `policy`, in one transaction.
+
+    A thread that does not exist gives an empty report. A thread the policy must refuse
+    (broken DeltaChannel history) is reported in `errors` with nothing deleted; storage
+    errors (server down, ...) are raised.
+    """
+    _check_thread_id(thread_id)
+    _check_policy(policy)
+    backend = resolve_backend(saver)
+    report = PruneReport(dry_run=dry_run)
+    start = time.perf_counter()
+    now = datetime.now(UTC)
+    _record(report, _prune_batch(backend, [thread_id], policy, dry_run, now), None)
+    report.elapsed_seconds = time.perf_counter() - start
+    return report
+
+
+async def aprune_thread(
+    saver: Any, thread_id: str, policy: RetentionPolicy, *, dry_run: bool = False
+) -> PruneReport:
+    """Async `prune_thread`."""
+    _check_thread_id(thread_id)
+    _check_policy(policy)
+    backend = resolve_backend(saver)
+    report = PruneReport(dry_run=dry_run)
+    start = time.perf_counter()
+    now = datetime.now(UTC)
+    _record(report, await _aprune_batch(backend, [thread_id], policy, dry_run, now), None)
+    report.elapsed_seconds = time.perf_counter() - start
+    return report
+
+
+def sweep(
+    saver: Any,
+    policy: RetentionPolicy,
+    *,
+    thread_ids: Iterable[str] | None = None,
+    dry_run: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Progress | None = None,
+) -> PruneReport:
+    """Prune many threads (None: every thread in the store), streamed in batches.
+
+    A batch that fails is logged and its threads land in `report.errors`; the sweep
+    goes on with the next batch. `progress` is called once per thread.
+    """
+    _check_policy(policy)
+    ids = _check_thread_ids(thread_ids)
+    size = _check_batch_size(batch_size)
+    backend = resolve_backend(saver)
+    report = PruneReport(dry_run=dry_run)
+    start = time.perf_counter()
+    now = datetime.now(UTC)
+    source: Iterable[str] = ids if ids is not None else _sync_thread_ids(backend)
+    for batch in _batched(source, size):
+        try:
+            results = _prune_batch(backend, batch, policy, dry_run, now)
+        except Exception as exc:
+            results = _failed_batch(batch, exc)
+        _record(report, results, progress)
+    report.elapsed_seconds = time.perf_counter() - start
+    return report
+
+
+async def asweep(
+    saver: Any,
+    policy: RetentionPolicy,
+    *,
+    thread_ids: Iterable[str] | None = None,
+    dry_run: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Progress | None = None,
+) -> PruneReport:
+    """Async `sweep`."""
+    _check_policy(policy)
+    ids = _check_thread_ids(thread_ids)
+    size = _check_batch_size(batch_size)
+    backend = resolve_backend(saver)
+    report = PruneReport(dry_run=dry_run)
+    start = time.perf_counter()
+    now = datetime.now(UTC)
+
+    async def given() -> AsyncIterator[str]:
+        for tid in ids or ():
+            yield tid
+
+    source = given() if ids is not None else _async_thread_ids(backend)
+    async for batch in _abatched(source, size):
+        try:
+            results = await _aprune_batch(backend, batch, policy, dry_run, now)
+        except Exception as exc:
+            results = _failed_batch(batch, exc)
+        _record(report, results, progress)
+    report.elapsed_seconds = time.perf_counter() - start
+    return report
+
+
+def iter_stats(
+    saver: Any, *, thread_ids: Iterable[str] | None = None, batch_size: int = 500
+) -> Iterator[tuple[str, ThreadStats]]:
+    """Per-thread stats streamed in batches (threads with no checkpoint are skipped)."""
+    ids = _check_thread_ids(thread_ids)
+    backend = resolve_backend(saver)
+    source: Iterable[str] = ids if ids is not None else _sync_thread_ids(backend)
+    for batch in _batched(source, _check_batch_size(batch_size)):
+        if backend.is_async:
+            yield from _on_loop(backend, lambda b=batch: backend.athread_stats(b))  # type: ignore[misc]
+        else:
+            yield from backend.thread_stats(batch)
+
+
+def stats(saver: Any, *, thread_ids: Iterable[str] | None = None) -> Stats:
+    """Checkpoints, writes and bytes of every thread (or the given ones), all namespaces."""
+    result = Stats()
+    for tid, ts in iter_stats(saver, thread_ids=thread_ids):
+        result.add(tid, ts)
+    return result
+
+
+async def astats(saver: Any, *, thread_ids: Iterable[str] | None = None) -> Stats:
+    """Async `stats`."""
+    ids = _check_thread_ids(thread_ids)
+    backend = resolve_backend(saver)
+    result = Stats()
+
+    async def given() -> AsyncIterator[str]:
+        for tid in ids or ():
+            yield tid
+
+    source = given() if ids is not None else _async_thread_ids(backend)
+    async for batch in _abatched(source, 500):
+        if backend.is_async:
+            found = await backend.athread_stats(batch)
+        else:
+            found = await asyncio.to_thread(backend.thread_stats, batch)
+        for tid, ts in found:
+            result.add(tid, ts)
+    return result
