@@ -62,10 +62,10 @@ def build_agent(checkpointer: Any) -> Any:
     model = _scripted_model()
 
     def agent(state: AgentState) -> dict[str, list[AnyMessage]]:
-        reply = model.invoke(state["messages"])
-        if reply.tool_calls:  # a fresh call id per turn, as real models give
-            reply.tool_calls[0]["id"] = f"call_{uuid.uuid4().hex[:8]}"
-        return {"messages": [reply]}
+        scripted = model.invoke(state["messages"])
+        # A new message per reply (with a fresh call id), as a real model returns.
+        calls = [{**c, "id": f"call_{uuid.uuid4().hex[:8]}"} for c in scripted.tool_calls]
+        return {"messages": [AIMessage(content=scripted.content, tool_calls=calls)]}
 
     builder = StateGraph(AgentState)
     builder.add_node("agent", agent)
