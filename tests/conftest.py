@@ -27,11 +27,15 @@ pytest_plugins = [
 HAVE_POSTGRES = "tests.fixtures_postgres" in pytest_plugins
 HAVE_REDIS = "tests.fixtures_redis" in pytest_plugins
 
-SYNC_KINDS = ["memory", "sqlite"] + (["postgres"] if HAVE_POSTGRES else []) + (
-    ["redis"] if HAVE_REDIS else []
+SYNC_KINDS = (
+    ["memory", "sqlite"]
+    + (["postgres"] if HAVE_POSTGRES else [])
+    + (["redis"] if HAVE_REDIS else [])
 )
-ASYNC_KINDS = ["memory", "async_sqlite"] + (["async_postgres"] if HAVE_POSTGRES else []) + (
-    ["async_redis"] if HAVE_REDIS else []
+ASYNC_KINDS = (
+    ["memory", "async_sqlite"]
+    + (["async_postgres"] if HAVE_POSTGRES else [])
+    + (["async_redis"] if HAVE_REDIS else [])
 )
 
 

@@ -37,8 +37,10 @@ ODD_IDS = [SEED_THREAD_ID, "a/b c", "客服:会话 7", "tab\tand 'quote'"]
 
 
 def history_ids(graph: Any, thread_id: str) -> list[str]:
-    return [s.config["configurable"]["checkpoint_id"] for s in graph.get_state_history(
-        config(thread_id))]
+    return [
+        s.config["configurable"]["checkpoint_id"]
+        for s in graph.get_state_history(config(thread_id))
+    ]
 
 
 # -- 1. the newest checkpoint survives, 2. current state is unchanged ----------------------
@@ -171,7 +173,10 @@ def test_delta_channel_state_is_rebuilt_exactly_after_prune(sync_saver: Any) -> 
     assert graph.get_state(config("t")) == before
     graph.invoke({"items": ["later"]}, config("t"))
     assert graph.get_state(config("t")).values["items"] == [
-        *before.values["items"], "later", "x9", "y"
+        *before.values["items"],
+        "later",
+        "x9",
+        "y",
     ]
 
 
@@ -215,8 +220,14 @@ def test_dry_run_predicts_exactly_and_deletes_nothing(sync_saver: Any) -> None:
     assert stats(sync_saver) == before
     real = sweep(sync_saver, RetentionPolicy(keep_last=2))
 
-    for field in ("deleted_checkpoints", "deleted_writes", "deleted_blobs", "kept_checkpoints",
-                  "bytes_freed", "threads_pruned"):
+    for field in (
+        "deleted_checkpoints",
+        "deleted_writes",
+        "deleted_blobs",
+        "kept_checkpoints",
+        "bytes_freed",
+        "threads_pruned",
+    ):
         assert getattr(dry, field) == getattr(real, field), field
     assert dry.dry_run and not real.dry_run
 
@@ -308,7 +319,7 @@ async def test_async_interrupted_thread_resumes(async_saver: Any) -> None:
 
 
 def test_unsupported_saver_is_a_type_error_naming_the_supported_ones() -> None:
-    with pytest.raises(TypeError, match="InMemorySaver.*SqliteSaver"):
+    with pytest.raises(TypeError, match=r"InMemorySaver.*SqliteSaver"):
         prune_thread(object(), "t", RetentionPolicy(keep_last=1))
     assert issubclass(UnsupportedSaverError, TypeError)
 

@@ -89,8 +89,9 @@ def test_call_namespace_whose_parent_is_not_saved_yet_is_kept() -> None:
 
 def test_nested_call_namespace_goes_with_its_dropped_enclosing_call() -> None:
     outer = [CheckpointEntry("outer:t1", "c900", None, parents={"": "c000"})]
-    inner = [CheckpointEntry("outer:t1|inner:t2", "c901", None,
-                             parents={"": "c000", "outer:t1": "c900"})]
+    inner = [
+        CheckpointEntry("outer:t1|inner:t2", "c901", None, parents={"": "c000", "outer:t1": "c900"})
+    ]
     plan = plan_thread(chain(4) + outer + inner, RetentionPolicy(keep_last=1))
     assert set(plan.dropped_namespaces) == {"outer:t1", "outer:t1|inner:t2"}
 
@@ -150,8 +151,9 @@ def test_keep_within_keeps_recent_checkpoints_beyond_keep_last() -> None:
     now = datetime.now(UTC)
     ids = [str(uuid.UUID(int=_uuid6_int(now - timedelta(hours=h)))) for h in (30, 20, 2, 1, 0)]
     entries = [CheckpointEntry("", cid, None) for cid in ids]
-    plan = plan_thread(entries, RetentionPolicy(keep_last=1, keep_within=timedelta(hours=3)),
-                       now=now)
+    plan = plan_thread(
+        entries, RetentionPolicy(keep_last=1, keep_within=timedelta(hours=3)), now=now
+    )
     assert set(plan.keep[""]) == set(ids[2:])
 
 
@@ -185,12 +187,17 @@ def histories(draw: st.DrawFn) -> list[CheckpointEntry]:
         n = draw(st.integers(1, 25))
         ids = [f"c{i:03d}" for i in range(n)]
         for i, cid in enumerate(ids):
-            parent = ids[draw(st.integers(0, i - 1))] if i and draw(st.booleans()) else (
-                ids[i - 1] if i else None
+            parent = (
+                ids[draw(st.integers(0, i - 1))]
+                if i and draw(st.booleans())
+                else (ids[i - 1] if i else None)
             )
             needs = frozenset({"items"}) if i and draw(st.integers(0, 3)) else frozenset()
-            entries.append(CheckpointEntry(ns, cid, parent, parents={"": "c000"} if ns else {},
-                                           delta_needs=needs))
+            entries.append(
+                CheckpointEntry(
+                    ns, cid, parent, parents={"": "c000"} if ns else {}, delta_needs=needs
+                )
+            )
     return entries
 
 
@@ -220,7 +227,7 @@ def test_every_kept_checkpoint_keeps_its_delta_ancestry(
     plan = plan_thread(entries, RetentionPolicy(keep_last=keep_last))
     index = {(e.checkpoint_ns, e.checkpoint_id): e for e in entries}
     for ns, kept in plan.keep.items():
-        for cid in kept[: keep_last]:
+        for cid in kept[:keep_last]:
             entry, missing = index[(ns, cid)], set(index[(ns, cid)].delta_needs)
             while missing and entry.parent_id is not None:
                 assert entry.parent_id in kept

@@ -75,22 +75,32 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--url", required=True, help=url_help)
     st.add_argument("--thread", action="append", metavar="T", help="only this thread (repeatable)")
     st.add_argument("--json", action="store_true", help="print JSON")
-    st.add_argument("--top", type=_positive_int, default=20, metavar="N",
-                    help="list the N largest threads (default: %(default)s)")
+    st.add_argument(
+        "--top",
+        type=_positive_int,
+        default=20,
+        metavar="N",
+        help="list the N largest threads (default: %(default)s)",
+    )
 
     pr = sub.add_parser("prune", help="keep the newest N checkpoints per thread, delete the rest")
     pr.add_argument("--url", required=True, help=url_help)
     pr.add_argument("--keep-last", type=_positive_int, required=True, metavar="N")
-    pr.add_argument("--keep-within", type=_duration, metavar="DURATION",
-                    help="also keep every checkpoint younger than this (e.g. 12h, 7d)")
+    pr.add_argument(
+        "--keep-within",
+        type=_duration,
+        metavar="DURATION",
+        help="also keep every checkpoint younger than this (e.g. 12h, 7d)",
+    )
     which = pr.add_mutually_exclusive_group(required=True)
     which.add_argument("--thread", action="append", metavar="T", help="this thread (repeatable)")
     which.add_argument("--all", action="store_true", help="every thread in the store")
     pr.add_argument("--dry-run", action="store_true", help="report what would go; delete nothing")
     pr.add_argument("--json", action="store_true", help="print the report as JSON")
     pr.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="N")
-    pr.add_argument("--vacuum", action="store_true",
-                    help="SQLite only: compact the file after pruning")
+    pr.add_argument(
+        "--vacuum", action="store_true", help="SQLite only: compact the file after pruning"
+    )
     return parser
 
 
@@ -116,8 +126,14 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     result = Stats()
     with open_saver(args.url) as saver:
         rows = iter_stats(saver, thread_ids=args.thread)
-        for tid, ts in tqdm(rows, desc="threads", unit=" thr", disable=not sys.stderr.isatty(),
-                            file=sys.stderr, leave=False):
+        for tid, ts in tqdm(
+            rows,
+            desc="threads",
+            unit=" thr",
+            disable=not sys.stderr.isatty(),
+            file=sys.stderr,
+            leave=False,
+        ):
             result.add(tid, ts)
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
@@ -159,8 +175,13 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         if args.thread and len(args.thread) == 1:
             report = prune_thread(saver, args.thread[0], policy, dry_run=args.dry_run)
         else:
-            with tqdm(desc="pruning", unit=" thr", disable=not sys.stderr.isatty(),
-                      file=sys.stderr, leave=False) as bar:
+            with tqdm(
+                desc="pruning",
+                unit=" thr",
+                disable=not sys.stderr.isatty(),
+                file=sys.stderr,
+                leave=False,
+            ) as bar:
                 report = sweep(
                     saver,
                     policy,
@@ -199,8 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a store that cannot be reached or read: one clear line
         logger.debug("command failed", exc_info=True)
         detail = " ".join(str(exc).split())  # drivers' messages span lines
-        print(f"langgraph-retention: {args.command} failed: {type(exc).__name__}: {detail}",
-              file=sys.stderr)
+        print(
+            f"langgraph-retention: {args.command} failed: {type(exc).__name__}: {detail}",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
 
 

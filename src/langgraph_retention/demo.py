@@ -97,9 +97,7 @@ DEMO_THREADS: tuple[tuple[str, int], ...] = (
 )
 
 
-def run_demo(
-    db_path: Path, keep_last: int = 5, echo: Callable[[str], None] = print
-) -> bool:
+def run_demo(db_path: Path, keep_last: int = 5, echo: Callable[[str], None] = print) -> bool:
     """Build a SQLite store from the agent, prune it, and check nothing current changed.
 
     Returns True when every thread's current state is exactly what it was.
@@ -139,6 +137,9 @@ def run_demo(
 
 
 def _print_stats(s: Any, label: str, echo: Callable[[str], None]) -> None:
-    echo(f"{label}: {s.total_threads} threads, {s.total_checkpoints} checkpoints, {s.total_bytes} bytes")
+    echo(
+        f"{label}: {s.total_threads} threads, {s.total_checkpoints} checkpoints, "
+        f"{s.total_bytes} bytes"
+    )
     for tid, ts in s.threads.items():
         echo(f"  {tid!r}: {ts.checkpoints} checkpoints, {ts.writes} writes, {ts.bytes} bytes")

@@ -176,8 +176,15 @@ async def _async_thread_ids(backend: Backend) -> AsyncIterator[str]:
             yield tid
         return
     iterator = backend.iter_thread_ids()
-    while (tid := await asyncio.to_thread(next, iterator, None)) is not None:
-        yield tid
+
+    def step() -> str | None:
+        return next(iterator, None)
+
+    while True:
+        found: str | None = await asyncio.to_thread(step)
+        if found is None:
+            return
+        yield found
 
 
 def prune_thread(

@@ -58,8 +58,7 @@ class RetentionPolicy:
             raise ValueError(f"keep_within must not be negative, got {self.keep_within}")
         if self.delta_channels not in ("keep_ancestry", "refuse"):
             raise ValueError(
-                "delta_channels must be 'keep_ancestry' or 'refuse', "
-                f"got {self.delta_channels!r}"
+                f"delta_channels must be 'keep_ancestry' or 'refuse', got {self.delta_channels!r}"
             )
 
 
@@ -212,7 +211,7 @@ def _with_dependencies(
     keep = set(chosen)
     for cid in chosen:
         entry = index[cid]
-        if entry.sends_parent and entry.parent_id in index:
+        if entry.sends_parent and entry.parent_id is not None and entry.parent_id in index:
             keep.add(entry.parent_id)
         missing = set(entry.delta_needs)
         parent = entry.parent_id

@@ -104,9 +104,7 @@ class MemoryBackend(Backend):
                 for cid, (cp_typed, _m, _p) in list(checkpoints.items())
                 if cid not in doomed_set
                 for ch, ver in (
-                    bodies[(ns, cid)]
-                    if (ns, cid) in bodies
-                    else saver.serde.loads_typed(cp_typed)
+                    bodies[(ns, cid)] if (ns, cid) in bodies else saver.serde.loads_typed(cp_typed)
                 )
                 .get("channel_versions", {})
                 .items()
