@@ -337,3 +337,79 @@ def test_thread_id_must_be_a_string() -> None:
 def test_thread_ids_must_not_be_a_single_string() -> None:
     with pytest.raises(TypeError, match="not a single str"):
         sweep(InMemorySaver(), RetentionPolicy(), thread_ids="abc")
+
+
+# -- 7. a run writing while the thread is pruned loses nothing ------------------------------
+
+
+def test_run_appending_during_prunes_loses_nothing(sync_saver: Any) -> None:
+    import threading
+
+    graph = build_agent(sync_saver)
+    chat(graph, "busy", 2)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def talk() -> None:
+        try:
+            chat(graph, "busy", 8)
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=talk)
+    worker.start()
+    prunes = 0
+    while not done.is_set() or prunes == 0:
+        report = prune_thread(sync_saver, "busy", RetentionPolicy(keep_last=1))
+        assert report.ok, report.errors
+        prunes += 1
+    worker.join()
+
+    assert not errors
+    state = graph.get_state(config("busy"))
+    assert len(state.values["messages"]) == 10 * 4  # every turn's four messages are there
+    chat(graph, "busy", 1)
+
+
+# -- sync API on an async saver and back ------------------------------------------------------
+
+
+async def test_sync_api_on_async_saver_runs_on_its_loop(tmp_path: Any) -> None:
+    import asyncio
+
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "a.db")) as saver:
+        graph = build_agent(saver)
+        for i in range(3):
+            await graph.ainvoke(user_turn(i), config("t"))
+
+        report = await asyncio.to_thread(prune_thread, saver, "t", RetentionPolicy(keep_last=1))
+
+        assert report.deleted_checkpoints > 0
+        assert (await astats(saver)).threads["t"].checkpoints == 1
+
+
+async def test_sync_api_from_the_saver_loop_is_refused_clearly(tmp_path: Any) -> None:
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "a.db")) as saver:
+        with pytest.raises(RuntimeError, match="aprune_thread"):
+            prune_thread(saver, "t", RetentionPolicy(keep_last=1))
+
+
+async def test_async_api_on_sync_saver_runs_in_a_thread(tmp_path: Any) -> None:
+    import sqlite3
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    conn = sqlite3.connect(str(tmp_path / "s.db"), check_same_thread=False)
+    saver = SqliteSaver(conn)
+    chat(build_agent(saver), "t", 3)
+
+    report = await asweep(saver, RetentionPolicy(keep_last=2))
+
+    assert report.threads_seen == 1 and (await astats(saver)).threads["t"].checkpoints == 2
+    conn.close()

@@ -36,12 +36,16 @@ class MemoryBackend(Backend):
     def _index(self, thread_id: str) -> tuple[list[CheckpointEntry], dict[tuple[str, str], Any]]:
         """The thread's index, plus each checkpoint's decoded body (no channel values)."""
         saver = self.saver
-        namespaces = saver.storage.get(thread_id, {})
+        # One snapshot of the thread: a run may add checkpoints while we read.
+        snapshot = {
+            ns: list(checkpoints.items())
+            for ns, checkpoints in list(saver.storage.get(thread_id, {}).items())
+        }
         bodies: dict[tuple[str, str], Any] = {}
         metas: dict[tuple[str, str], Any] = {}
         delta_names: dict[str, set[str]] = {}
-        for ns, checkpoints in list(namespaces.items()):
-            for cid, (cp_typed, meta_typed, _parent) in list(checkpoints.items()):
+        for ns, rows in snapshot.items():
+            for cid, (cp_typed, meta_typed, _parent) in rows:
                 meta = saver.serde.loads_typed(meta_typed)
                 metas[(ns, cid)] = meta
                 bodies[(ns, cid)] = saver.serde.loads_typed(cp_typed)
@@ -53,9 +57,9 @@ class MemoryBackend(Backend):
             if tid == thread_id and any(w[1] == TASKS for w in writes.values())
         }
         entries: list[CheckpointEntry] = []
-        for ns, checkpoints in list(namespaces.items()):
+        for ns, rows in snapshot.items():
             names = delta_names.get(ns, set())
-            for cid, (_cp, _meta, parent) in list(checkpoints.items()):
+            for cid, (_cp, _meta, parent) in rows:
                 body = bodies[(ns, cid)]
                 versions: dict[str, Any] = body.get("channel_versions", {})
                 stored = [
@@ -123,8 +127,7 @@ class MemoryBackend(Backend):
                 saver.writes.pop((thread_id, ns, cid), None)
             for key in garbage:
                 saver.blobs.pop(key, None)
-            if not checkpoints:
-                namespaces.pop(ns, None)
+            # An emptied namespace dict stays: a concurrent put may hold it already.
         return result
 
     def prune_batch(
