@@ -41,7 +41,7 @@ DROP TABLE doomed;
 def build(path: Path, threads: int, checkpoints: int) -> None:
     conn = sqlite3.connect(str(path), check_same_thread=False)
     graph = build_agent(SqliteSaver(conn))
-    turns = max(1, checkpoints // 4)  # input, agent, tools, agent per turn
+    turns = max(1, checkpoints // 5)  # the agent writes 5 checkpoints per user turn
     for i in range(threads):
         chat(graph, f"user{i % 17}:{i:05d}", turns)
     conn.close()
