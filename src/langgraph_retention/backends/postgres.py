@@ -1,0 +1,548 @@
+"""`PostgresSaver` and `AsyncPostgresSaver`: one transaction per batch of threads.
+
+The transaction reads the batch's checkpoint index in one statement (ids, parents and a
+few metadata facts; state is never deserialized), lets `policy.plan_thread` decide each
+thread on its own rows, then deletes the chosen checkpoints, their writes and the blobs
+only they referenced in one set-based statement. Deletes name explicit ids, so whatever a
+run commits meanwhile is never deleted; the blob check runs after the index read, so a
+checkpoint committed meanwhile protects the blobs it references. A deadlock or a
+serialization failure reruns the whole transaction (index, plan, delete) a few times.
+
+The statements are named constants; `_prune_program` and friends yield them and receive
+their rows, so the sync (`psycopg.Connection`) and async (`AsyncConnection`) drivers share
+every decision. The saver may hold a connection (used under its own lock, pipeline mode
+included) or a pool (a connection of our own is borrowed from it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import defaultdict
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
+from functools import partial
+from typing import Any, TypeVar
+
+import psycopg
+from langgraph.checkpoint.postgres import PostgresSaver
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.serde.types import TASKS
+from psycopg import AsyncConnection, AsyncCursor, Connection, Cursor
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+
+from langgraph_retention.errors import RetentionError
+from langgraph_retention.policy import (
+    CheckpointEntry,
+    RetentionPolicy,
+    checkpoint_time,
+    delta_needs,
+    plan_thread,
+)
+from langgraph_retention.report import ThreadResult, ThreadStats
+
+from .base import Backend
+
+__all__ = ["AsyncPostgresBackend", "PostgresBackend", "PostgresUnavailableError"]
+
+
+class PostgresUnavailableError(RetentionError, ConnectionError):
+    """The PostgreSQL server could not be reached, so the operation did not complete."""
+
+
+# -- statements ---------------------------------------------------------------------------
+# Thread ids travel as one text[] parameter (`= ANY`), doomed checkpoints as three parallel
+# arrays; statements run unprepared, so the planner sees the real array sizes.
+
+# READ COMMITTED on purpose: each statement sees what committed before it started, so the
+# blob check in PRUNE_SQL sees checkpoints a run committed after the index was read.
+ISOLATION_SQL = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+
+# The index, one row per checkpoint. `parents` only matters in subgraph call namespaces;
+# the delta channel names come from the counters LangGraph keeps in metadata; a pre-v4
+# checkpoint reads its parent's pending sends, so that parent must stay with it.
+INDEX_SQL = f"""
+SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id,
+       CASE WHEN strpos(c.checkpoint_ns, ':') > 0 THEN c.metadata -> 'parents' END
+           AS parents,
+       CASE WHEN jsonb_typeof(c.metadata -> 'counters_since_delta_snapshot') = 'object'
+            THEN ARRAY(SELECT jsonb_object_keys(c.metadata -> 'counters_since_delta_snapshot'))
+       END AS delta_names,
+       CASE WHEN (c.checkpoint ->> 'v')::int < 4 AND c.parent_checkpoint_id IS NOT NULL
+            THEN EXISTS (
+                SELECT 1 FROM checkpoint_writes w
+                WHERE w.thread_id = c.thread_id AND w.checkpoint_ns = c.checkpoint_ns
+                  AND w.checkpoint_id = c.parent_checkpoint_id AND w.channel = '{TASKS}')
+            ELSE false
+       END AS sends_parent
+FROM checkpoints c
+WHERE c.thread_id = ANY(%(threads)s)
+"""
+
+# Only for threads that use a DeltaChannel: per checkpoint, which of those channels have a
+# version, and which of them store a value here (an inline `channel_values` key, or a
+# non-empty blob at that version), as `_build_delta_stage1_sql` upstream decides.
+DELTA_SQL = """
+SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id,
+       coalesce(array_agg(v.key) FILTER (WHERE v.key IS NOT NULL), '{}') AS versioned,
+       coalesce(array_agg(v.key) FILTER (
+           WHERE c.checkpoint -> 'channel_values' ? v.key
+              OR EXISTS (
+                  SELECT 1 FROM checkpoint_blobs b
+                  WHERE b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns
+                    AND b.channel = v.key AND b.version = v.value AND b.type <> 'empty')
+       ), '{}') AS stored
+FROM checkpoints c
+LEFT JOIN LATERAL jsonb_each_text(c.checkpoint -> 'channel_versions') AS v
+       ON v.key = ANY(%(channels)s)
+WHERE c.thread_id = ANY(%(threads)s)
+GROUP BY c.thread_id, c.checkpoint_ns, c.checkpoint_id
+"""
+
+_DOOMED_CTE = """
+doomed AS (
+    SELECT * FROM unnest(%(doomed_threads)s::text[], %(doomed_ns)s::text[],
+                         %(doomed_ids)s::text[]) AS d(thread_id, checkpoint_ns, checkpoint_id)
+)"""
+
+# Blob keys a doomed checkpoint references, minus those any other checkpoint of the same
+# (thread, namespace) references: the statement's snapshot is taken after the index was
+# read, so checkpoints committed since then count as references too.
+_GARBAGE_CTES = """
+freed AS (
+    SELECT DISTINCT g.thread_id, g.checkpoint_ns, v.key AS channel, v.value AS version
+    FROM gone g CROSS JOIN LATERAL jsonb_each_text(g.versions) AS v
+),
+still_used AS (
+    SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, v.value AS version
+    FROM checkpoints c
+    CROSS JOIN LATERAL jsonb_each_text(c.checkpoint -> 'channel_versions') AS v
+    WHERE c.thread_id = ANY(%(threads)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM doomed d
+          WHERE d.thread_id = c.thread_id AND d.checkpoint_ns = c.checkpoint_ns
+            AND d.checkpoint_id = c.checkpoint_id)
+),
+garbage AS (
+    SELECT * FROM freed EXCEPT SELECT * FROM still_used
+)"""
+
+_TOTALS_SELECT = """
+SELECT 'checkpoints' AS kind, thread_id, count(*) AS n, coalesce(sum(size), 0) AS size
+FROM gone GROUP BY thread_id
+UNION ALL
+SELECT 'writes', thread_id, count(*), coalesce(sum(size), 0) FROM gone_writes GROUP BY thread_id
+UNION ALL
+SELECT 'blobs', thread_id, count(*), coalesce(sum(size), 0) FROM gone_blobs GROUP BY thread_id
+"""
+
+_CHECKPOINT_SIZE = "pg_column_size(c.checkpoint) + pg_column_size(c.metadata)"
+_DOOMED_MATCH = (
+    "d.thread_id = {t}.thread_id AND d.checkpoint_ns = {t}.checkpoint_ns "
+    "AND d.checkpoint_id = {t}.checkpoint_id"
+)
+_GARBAGE_MATCH = (
+    "x.thread_id = b.thread_id AND x.checkpoint_ns = b.checkpoint_ns "
+    "AND x.channel = b.channel AND x.version = b.version"
+)
+
+# One statement deletes the doomed checkpoints, their writes (which may have committed
+# before their checkpoint: they go by the ids deleted, never by "all but the kept") and
+# the garbage blobs, and counts what went, per thread.
+PRUNE_SQL = f"""
+WITH {_DOOMED_CTE},
+gone AS (
+    DELETE FROM checkpoints c USING doomed d
+    WHERE {_DOOMED_MATCH.format(t="c")}
+    RETURNING c.thread_id, c.checkpoint_ns, c.checkpoint -> 'channel_versions' AS versions,
+              {_CHECKPOINT_SIZE} AS size
+),
+gone_writes AS (
+    DELETE FROM checkpoint_writes w USING doomed d
+    WHERE {_DOOMED_MATCH.format(t="w")}
+    RETURNING w.thread_id, pg_column_size(w.blob) AS size
+),
+{_GARBAGE_CTES},
+gone_blobs AS (
+    DELETE FROM checkpoint_blobs b USING garbage x
+    WHERE {_GARBAGE_MATCH}
+    RETURNING b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
+)
+{_TOTALS_SELECT}
+"""
+
+# PRUNE_SQL with every DELETE turned into the SELECT of the same rows.
+DRY_RUN_SQL = f"""
+WITH {_DOOMED_CTE},
+gone AS (
+    SELECT c.thread_id, c.checkpoint_ns, c.checkpoint -> 'channel_versions' AS versions,
+           {_CHECKPOINT_SIZE} AS size
+    FROM checkpoints c JOIN doomed d ON {_DOOMED_MATCH.format(t="c")}
+),
+gone_writes AS (
+    SELECT w.thread_id, pg_column_size(w.blob) AS size
+    FROM checkpoint_writes w JOIN doomed d ON {_DOOMED_MATCH.format(t="w")}
+),
+{_GARBAGE_CTES},
+gone_blobs AS (
+    SELECT b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
+    FROM checkpoint_blobs b JOIN garbage x ON {_GARBAGE_MATCH}
+)
+{_TOTALS_SELECT}
+"""
+
+# Keyset pagination over the primary key: no OFFSET, no server-side cursor held open.
+FIRST_THREAD_PAGE_SQL = """
+SELECT DISTINCT thread_id FROM checkpoints ORDER BY thread_id LIMIT %(limit)s
+"""
+
+NEXT_THREAD_PAGE_SQL = """
+SELECT DISTINCT thread_id FROM checkpoints
+WHERE thread_id > %(after)s ORDER BY thread_id LIMIT %(limit)s
+"""
+
+# Sizes are on-disk (`pg_column_size`: compressed or TOASTed as stored), as freed bytes are.
+STATS_SQL = f"""
+WITH cp AS (
+    SELECT c.thread_id, count(*) AS checkpoints, sum({_CHECKPOINT_SIZE}) AS size,
+           max(c.checkpoint_id) AS newest, count(DISTINCT c.checkpoint_ns) AS namespaces
+    FROM checkpoints c WHERE c.thread_id = ANY(%(threads)s) GROUP BY c.thread_id
+),
+wr AS (
+    SELECT thread_id, count(*) AS writes, sum(pg_column_size(blob)) AS size
+    FROM checkpoint_writes WHERE thread_id = ANY(%(threads)s) GROUP BY thread_id
+),
+bl AS (
+    SELECT thread_id, coalesce(sum(pg_column_size(blob)), 0) AS size
+    FROM checkpoint_blobs WHERE thread_id = ANY(%(threads)s) GROUP BY thread_id
+)
+SELECT cp.thread_id, cp.checkpoints, cp.newest, cp.namespaces,
+       coalesce(wr.writes, 0) AS writes,
+       cp.size + coalesce(wr.size, 0) + coalesce(bl.size, 0) AS size
+FROM cp LEFT JOIN wr USING (thread_id) LEFT JOIN bl USING (thread_id)
+"""
+
+THREAD_PAGE_SIZE = 1000
+
+#: Attempts of a batch's transaction when Postgres reports a deadlock or a serialization
+#: failure (another transaction changed the same rows); each attempt re-reads the index.
+MAX_ATTEMPTS = 5
+RETRY_BASE_DELAY = 0.05
+RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
+
+R = TypeVar("R")
+Rows = list[DictRow]
+#: (sql, params, whether rows come back)
+Statement = tuple[str, Mapping[str, Any], bool]
+Program = Generator[Statement, Rows, R]
+
+
+# -- programs: the decisions, shared by both drivers ------------------------------------
+
+
+def _entries(
+    rows: Rows, delta: Mapping[tuple[str, str, str], tuple[list[str], list[str]]]
+) -> dict[str, list[CheckpointEntry]]:
+    """Each thread's index as `CheckpointEntry` rows, DeltaChannel needs resolved."""
+    names_by_ns: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for r in rows:
+        if r["delta_names"]:
+            names_by_ns[(r["thread_id"], r["checkpoint_ns"])].update(r["delta_names"])
+    by_thread: dict[str, list[CheckpointEntry]] = defaultdict(list)
+    for r in rows:
+        tid, ns, cid = r["thread_id"], r["checkpoint_ns"], r["checkpoint_id"]
+        needs: frozenset[str] = frozenset()
+        names = names_by_ns.get((tid, ns))
+        if names:
+            found = delta.get((tid, ns, cid))
+            # Gone since the index was read (another prune): assume it needs every
+            # channel, which only keeps more.
+            versioned, stored = found if found is not None else (list(names), [])
+            needs = delta_needs(names, versioned, stored)
+        by_thread[tid].append(
+            CheckpointEntry(
+                checkpoint_ns=ns,
+                checkpoint_id=cid,
+                parent_id=r["parent_checkpoint_id"],
+                parents=r["parents"] or {},
+                delta_needs=needs,
+                sends_parent=bool(r["sends_parent"]),
+            )
+        )
+    return by_thread
+
+
+def _prune_program(
+    thread_ids: Sequence[str], policy: RetentionPolicy, dry_run: bool, now: datetime
+) -> Program[list[ThreadResult]]:
+    """Read the batch's index, plan each thread, delete (or count, in a dry run), report."""
+    threads = list(thread_ids)
+    yield ISOLATION_SQL, {}, False
+    rows = yield INDEX_SQL, {"threads": threads}, True
+
+    channels = sorted({name for r in rows for name in (r["delta_names"] or ())})
+    delta: dict[tuple[str, str, str], tuple[list[str], list[str]]] = {}
+    if channels:
+        delta_threads = sorted({r["thread_id"] for r in rows if r["delta_names"]})
+        params = {"threads": delta_threads, "channels": channels}
+        for r in (yield DELTA_SQL, params, True):
+            key = (r["thread_id"], r["checkpoint_ns"], r["checkpoint_id"])
+            delta[key] = (r["versioned"], r["stored"])
+
+    results: dict[str, ThreadResult] = {}
+    doomed_threads: list[str] = []
+    doomed_ns: list[str] = []
+    doomed_ids: list[str] = []
+    by_thread = _entries(rows, delta)
+    for tid in threads:
+        try:
+            plan = plan_thread(by_thread.get(tid, ()), policy, thread_id=tid, now=now)
+        except RetentionError as exc:
+            results[tid] = ThreadResult(tid, error=str(exc))
+            continue
+        results[tid] = ThreadResult(tid, kept_checkpoints=plan.kept_count)
+        for ns, cid in plan.deleted_pairs():
+            doomed_threads.append(tid)
+            doomed_ns.append(ns)
+            doomed_ids.append(cid)
+
+    if doomed_ids:
+        params = {
+            "threads": sorted(set(doomed_threads)),
+            "doomed_threads": doomed_threads,
+            "doomed_ns": doomed_ns,
+            "doomed_ids": doomed_ids,
+        }
+        for r in (yield (DRY_RUN_SQL if dry_run else PRUNE_SQL), params, True):
+            result = results[r["thread_id"]]
+            result.bytes_freed += int(r["size"])
+            if r["kind"] == "checkpoints":
+                result.deleted_checkpoints = int(r["n"])
+            elif r["kind"] == "writes":
+                result.deleted_writes = int(r["n"])
+            else:
+                result.deleted_blobs = int(r["n"])
+    return [results[tid] for tid in threads]
+
+
+def _stats_program(thread_ids: Sequence[str]) -> Program[list[tuple[str, ThreadStats]]]:
+    found: dict[str, ThreadStats] = {}
+    for r in (yield STATS_SQL, {"threads": list(thread_ids)}, True):
+        found[r["thread_id"]] = ThreadStats(
+            checkpoints=int(r["checkpoints"]),
+            writes=int(r["writes"]),
+            bytes=int(r["size"]),
+            namespaces=int(r["namespaces"]),
+            newest=checkpoint_time(r["newest"]),
+            newest_checkpoint_id=r["newest"],
+        )
+    return [(tid, found[tid]) for tid in thread_ids if tid in found]
+
+
+def _thread_page_program(after: str | None) -> Program[list[str]]:
+    """One page of thread ids in key order, after `after` (None: the first page)."""
+    if after is None:
+        rows = yield FIRST_THREAD_PAGE_SQL, {"limit": THREAD_PAGE_SIZE}, True
+    else:
+        rows = yield NEXT_THREAD_PAGE_SQL, {"after": after, "limit": THREAD_PAGE_SIZE}, True
+    return [r["thread_id"] for r in rows]
+
+
+# -- drivers ------------------------------------------------------------------------------
+
+
+def _retry_delay(attempt: int) -> float:
+    """Jittered exponential backoff, so two colliding prunes do not collide again."""
+    return float(RETRY_BASE_DELAY * (2 ** (attempt - 1)) * (0.5 + random.random()))
+
+
+def _server(conn: Any) -> str:
+    """host:port/dbname of a connection or pool, never its password."""
+    if isinstance(conn, ConnectionPool | AsyncConnectionPool):
+        # Either may be a callable computing them at connect time; then show none.
+        conninfo = conn.conninfo if isinstance(conn.conninfo, str) else ""
+        kwargs = conn.kwargs if isinstance(conn.kwargs, dict) else {}
+        info = conninfo_to_dict(conninfo, **kwargs)
+    else:
+        info = conninfo_to_dict(conn.info.dsn)
+    host = str(info.get("host") or info.get("hostaddr") or "localhost")
+    return f"{host}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+
+
+def _unavailable(exc: Exception, conn: Any) -> PostgresUnavailableError | None:
+    """The error to raise instead of `exc` when it says the server is out of reach."""
+    if isinstance(exc, PoolTimeout):
+        reason = "no pooled connection could be opened"
+    elif isinstance(exc, psycopg.OperationalError) and (
+        exc.sqlstate is None or exc.sqlstate.startswith("08") or exc.sqlstate.startswith("57P")
+    ):
+        reason = "the connection failed"
+    else:
+        return None
+    return PostgresUnavailableError(
+        f"PostgreSQL at {_server(conn)} is unreachable ({reason}: {exc}); "
+        "the operation did not complete"
+    )
+
+
+def _drive(cur: Cursor[DictRow], program: Program[R]) -> R:
+    try:
+        sql, params, fetch = next(program)
+        while True:
+            cur.execute(sql, params, prepare=False)
+            sql, params, fetch = program.send(cur.fetchall() if fetch else [])
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def _adrive(cur: AsyncCursor[DictRow], program: Program[R]) -> R:
+    try:
+        sql, params, fetch = next(program)
+        while True:
+            await cur.execute(sql, params, prepare=False)
+            rows = await cur.fetchall() if fetch else []
+            sql, params, fetch = program.send(rows)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+class PostgresBackend(Backend):
+    """Prunes a `PostgresSaver`: on its connection under its lock, or on a pooled one."""
+
+    name = "postgres"
+    saver: PostgresSaver
+
+    @contextmanager
+    def _cursor(self) -> Iterator[Cursor[DictRow]]:
+        conn = self.saver.conn
+        if isinstance(conn, ConnectionPool):
+            # A connection of our own: the app's checkpoints keep flowing meanwhile.
+            with conn.connection() as own, own.cursor(binary=True, row_factory=dict_row) as cur:
+                yield cur
+        else:
+            with self.saver._cursor() as cur:
+                if self.saver.pipe is not None:
+                    # A transaction must start clean, not take in what the pipeline queued.
+                    self.saver.pipe.sync()
+                yield cur
+
+    def _exec(self, make: Callable[[], Program[R]], *, write: bool) -> R:
+        """Run a program in one transaction (reads on an autocommit connection run bare),
+        retrying the whole of it on a deadlock or a serialization failure."""
+        attempt = 1
+        while True:
+            try:
+                with self._cursor() as cur:
+                    conn: Connection[Any] = cur.connection
+                    if write or not conn.autocommit:
+                        with conn.transaction():
+                            return _drive(cur, make())
+                    return _drive(cur, make())
+            except RETRYABLE:
+                if attempt >= MAX_ATTEMPTS:
+                    raise
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                if (unavailable := _unavailable(exc, self.saver.conn)) is not None:
+                    raise unavailable from exc
+                raise
+            time.sleep(_retry_delay(attempt))
+            attempt += 1
+
+    def prune_batch(
+        self,
+        thread_ids: Sequence[str],
+        policy: RetentionPolicy,
+        *,
+        dry_run: bool,
+        now: datetime,
+    ) -> list[ThreadResult]:
+        return self._exec(lambda: _prune_program(thread_ids, policy, dry_run, now), write=True)
+
+    def iter_thread_ids(self) -> Iterator[str]:
+        after: str | None = None
+        while page := self._exec(partial(_thread_page_program, after), write=False):
+            yield from page
+            after = page[-1]
+
+    def thread_stats(self, thread_ids: Sequence[str]) -> list[tuple[str, ThreadStats]]:
+        return self._exec(lambda: _stats_program(thread_ids), write=False)
+
+
+class AsyncPostgresBackend(Backend):
+    """Prunes an `AsyncPostgresSaver`, on its connection or a pooled one (as above)."""
+
+    name = "postgres"
+    is_async = True
+    saver: AsyncPostgresSaver
+
+    @asynccontextmanager
+    async def _cursor(self) -> AsyncIterator[AsyncCursor[DictRow]]:
+        conn = self.saver.conn
+        if isinstance(conn, AsyncConnectionPool):
+            async with (
+                conn.connection() as own,
+                own.cursor(binary=True, row_factory=dict_row) as cur,
+            ):
+                yield cur
+        else:
+            async with self.saver._cursor() as cur:
+                if self.saver.pipe is not None:
+                    await self.saver.pipe.sync()
+                yield cur
+
+    async def _aexec(self, make: Callable[[], Program[R]], *, write: bool) -> R:
+        """`PostgresBackend._exec` on asyncio."""
+        attempt = 1
+        while True:
+            try:
+                async with self._cursor() as cur:
+                    conn: AsyncConnection[Any] = cur.connection
+                    if write or not conn.autocommit:
+                        async with conn.transaction():
+                            return await _adrive(cur, make())
+                    return await _adrive(cur, make())
+            except RETRYABLE:
+                if attempt >= MAX_ATTEMPTS:
+                    raise
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                if (unavailable := _unavailable(exc, self.saver.conn)) is not None:
+                    raise unavailable from exc
+                raise
+            await asyncio.sleep(_retry_delay(attempt))
+            attempt += 1
+
+    async def aprune_batch(
+        self,
+        thread_ids: Sequence[str],
+        policy: RetentionPolicy,
+        *,
+        dry_run: bool,
+        now: datetime,
+    ) -> list[ThreadResult]:
+        return await self._aexec(
+            lambda: _prune_program(thread_ids, policy, dry_run, now), write=True
+        )
+
+    async def _aiter(self) -> AsyncIterator[str]:
+        after: str | None = None
+        while page := await self._aexec(partial(_thread_page_program, after), write=False):
+            for tid in page:
+                yield tid
+            after = page[-1]
+
+    def aiter_thread_ids(self) -> AsyncIterator[str]:
+        return self._aiter()
+
+    async def athread_stats(self, thread_ids: Sequence[str]) -> list[tuple[str, ThreadStats]]:
+        return await self._aexec(lambda: _stats_program(thread_ids), write=False)
