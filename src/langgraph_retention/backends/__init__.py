@@ -20,6 +20,8 @@ _REGISTRY: tuple[tuple[str, str, str, str], ...] = (
     ("langgraph.checkpoint.memory", "InMemorySaver", "memory", "MemoryBackend"),
     ("langgraph.checkpoint.sqlite", "SqliteSaver", "sqlite", "SqliteBackend"),
     ("langgraph.checkpoint.sqlite.aio", "AsyncSqliteSaver", "sqlite", "AsyncSqliteBackend"),
+    ("langgraph.checkpoint.redis", "RedisSaver", "redis", "RedisBackend"),
+    ("langgraph.checkpoint.redis.aio", "AsyncRedisSaver", "redis", "AsyncRedisBackend"),
     ("langgraph.checkpoint.postgres", "PostgresSaver", "postgres", "PostgresBackend"),
     ("langgraph.checkpoint.postgres.aio", "AsyncPostgresSaver", "postgres", "AsyncPostgresBackend"),
 )
