@@ -169,7 +169,7 @@ class BackgroundPruner:
         self.transient = transient
         #: "thread" for sync savers, "asyncio" for async savers (a task on their loop).
         self.runner: Runner = "asyncio" if backend.is_async else "thread"
-        self._backend_loop = backend.loop
+        self._backend = backend
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # queue or in-flight changed
@@ -307,6 +307,12 @@ class BackgroundPruner:
         """On the loop: start the task a request from another thread asked for."""
         if self._task is None:
             self._start_task(asyncio.get_running_loop())
+
+    @property
+    def _backend_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop the async saver is bound to, read each time: some savers bind it
+        only in their setup (`AsyncRedisSaver.asetup`)."""
+        return self._backend.loop
 
     def _loop_ok(self, loop: asyncio.AbstractEventLoop) -> bool:
         bound = self._backend_loop
