@@ -5,13 +5,17 @@ its channel values inline (no blob keys), each pending write a document
 `checkpoint_write:{thread}:{ns}:{id}:{task}:{idx}`, each checkpoint's write keys a sorted
 set `write_keys_zset:{thread}:{ns}:{id}`, and each (thread, ns) a string
 `checkpoint_latest:{thread}:{ns}` holding its newest checkpoint's key. Ids go into keys
-unescaped (empty ones as sentinels), so keys are never parsed: thread ids, namespaces and
-ids come from the RediSearch indexes over the documents, and keys from `@__key`.
+unescaped (empty ones as sentinels), so thread ids are never cut out of keys: they come
+from the documents' `thread_id` field through the RediSearch indexes, grouped server-side
+(`FT.AGGREGATE ... GROUPBY @thread_id REDUCE TOLIST @__key`), which also keeps the replies
+small. Only the part of a key after its known `{prefix}:{thread}:` is split, and only
+where that is unambiguous; anything else is read field by field.
 
-The index is read with `FT.AGGREGATE ... WITHCURSOR` (id fields and metadata only, never
-the state), deletes are pipelined `UNLINK`s of explicit keys, sizes `MEMORY USAGE` in the
-same pipeline. `_prune_program` and friends yield lists of commands (one pipeline each)
-and receive their replies, so the sync and async drivers share every decision.
+A prune reads each thread's key list plus a DeltaChannel flag (never the state), plans it,
+looks up the doomed checkpoints' write keys, and sizes (`MEMORY USAGE`) and deletes them in
+one Lua call per thread: explicit keys only, never a pattern, never a re-`SET`. The
+programs below yield lists of commands (one pipeline each) and receive the replies, so the
+sync and async drivers share every decision.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from langgraph.checkpoint.redis.key_registry import CheckpointKeyRegistry
+from langgraph.checkpoint.redis.key_registry import WRITE_KEYS_ZSET_PREFIX
 from langgraph.checkpoint.redis.util import (
     from_storage_safe_id,
     from_storage_safe_str,
@@ -52,57 +57,90 @@ __all__ = ["AsyncRedisBackend", "RedisBackend", "RedisUnavailableError"]
 
 # -- layout and limits ---------------------------------------------------------------------
 
-#: Rows per FT.AGGREGATE / FT.CURSOR READ reply.
+#: Rows (or thread groups) per FT.AGGREGATE / FT.CURSOR READ reply.
 CURSOR_PAGE = 10_000
 #: Thread ids per page when enumerating threads.
 THREAD_PAGE = 1_000
 #: Commands per pipeline round trip (bounds client and server buffers).
 PIPELINE_CHUNK = 10_000
-#: Keys per UNLINK command.
-UNLINK_CHUNK = 500
+#: Keys per Lua call: each call blocks the server while it frees, so keep it short.
+LUA_KEYS = 1_000
 #: The checkpoint format version from which pending sends no longer live in the parent's
-#: writes; older checkpoints (or unknown versions) keep their parent when it holds sends.
+#: writes; threads with sends are read field by field so each checkpoint's version counts.
 SENDS_MOVED_VERSION = 4
+#: The metadata key LangGraph keeps on checkpoints whose DeltaChannels have pending deltas.
+DELTA_MARK = "counters_since_delta_snapshot"
 #: The TAG separator the saver's schema uses: a thread id is indexed as its pieces.
 TAG_SEPARATOR = ","
 #: What RediSearch trims around each tag piece (C isspace).
 TAG_WHITESPACE = " \t\n\v\f\r"
 #: ASCII punctuation and whitespace must be backslash-escaped inside a tag query.
 _TAG_SPECIAL = re.compile(r"([\x00-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f])")
+_TAIL = ("WITHCURSOR", "COUNT", CURSOR_PAGE, "TIMEOUT", 0, "DIALECT", 2)
 
-#: Fields read per checkpoint: identity, lineage and load dependencies, never the state.
-CHECKPOINT_FIELDS: tuple[str, ...] = (
+#: Per thread: its checkpoint keys, and whether any checkpoint may involve a DeltaChannel
+#: (a missing metadata field counts as "may": such threads are read field by field).
+OVERVIEW_LOAD = ("@__key", "@thread_id", "$.metadata", "AS", "metadata")
+OVERVIEW_STEPS = (
+    "APPLY", f'!exists(@metadata) || contains(@metadata, "{DELTA_MARK}")', "AS", "delta",
+    "GROUPBY", 1, "@thread_id",
+    "REDUCE", "TOLIST", 1, "@__key", "AS", "keys",
+    "REDUCE", "MAX", 1, "@delta", "AS", "delta",
+)  # fmt: skip
+#: Threads with pending sends (`__pregel_tasks` writes): pre-v4 children depend on them.
+SENDS_STEPS = ("GROUPBY", 1, "@thread_id", "REDUCE", "COUNT", 0, "AS", "sends")
+#: Field-by-field reads, for threads the overview cannot plan (DeltaChannel, subgraph
+#: calls, sends, unusual keys): identity, lineage and load dependencies, never the state.
+DETAIL_LOAD = (
     "@__key", "@thread_id", "@checkpoint_ns", "@checkpoint_id", "@parent_checkpoint_id",
     "$.metadata", "AS", "metadata", "$.checkpoint.v", "AS", "v",
 )  # fmt: skip
-WRITE_FIELDS: tuple[str, ...] = (
-    "@__key", "@thread_id", "@checkpoint_ns", "@checkpoint_id", "@channel",
+DETAIL_WRITE_LOAD = ("@__key", "@thread_id", "@checkpoint_ns", "@checkpoint_id", "@channel")
+#: Write keys grouped by exact thread id.
+KEYS_LOAD = ("@__key", "@thread_id")
+KEYS_STEPS = ("GROUPBY", 1, "@thread_id", "REDUCE", "TOLIST", 1, "@__key", "AS", "keys")
+STATS_LOAD = ("@__key", "@thread_id", "@checkpoint_ns", "@checkpoint_id")
+STATS_STEPS = (
+    "GROUPBY", 1, "@thread_id",
+    "REDUCE", "TOLIST", 1, "@__key", "AS", "keys",
+    "REDUCE", "COUNT_DISTINCT", 1, "@checkpoint_ns", "AS", "namespaces",
+    "REDUCE", "FIRST_VALUE", 4, "@checkpoint_id", "BY", "@checkpoint_id", "DESC", "AS", "newest",
 )  # fmt: skip
-STATS_CHECKPOINT_FIELDS: tuple[str, ...] = (
-    "@__key", "@thread_id", "@checkpoint_ns", "@checkpoint_id",
-)  # fmt: skip
-STATS_WRITE_FIELDS: tuple[str, ...] = ("@__key", "@thread_id")
 
-#: Run after the UNLINKs: a `checkpoint_latest` pointer whose target is gone is re-pointed
-#: at the namespace's newest kept checkpoint (KEEPTTL: its TTL stays), or deleted when the
-#: whole namespace went. A pointer a concurrent put moved to a live key is left alone.
-FIX_POINTER_LUA = """
-local target = redis.call('GET', KEYS[1])
-if target and redis.call('EXISTS', target) == 0 then
-  if ARGV[1] == '' then
-    return redis.call('DEL', KEYS[1])
-  end
-  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
-  return 2
+#: Sizes KEYS (MEMORY USAGE, before anything goes) and returns the sum; with ARGV[1] == '1'
+#: also UNLINKs them, then repairs each `checkpoint_latest` pointer given as an ARGV pair
+#: (pointer, key of the namespace's newest kept checkpoint or '' when the namespace went):
+#: only a pointer whose target no longer exists is touched, re-pointed with KEEPTTL (its
+#: TTL stays) or deleted; one a concurrent put moved to a live key is left alone.
+SIZE_AND_DELETE_LUA = """
+local bytes = 0
+for i = 1, #KEYS do
+  local size = redis.call('MEMORY', 'USAGE', KEYS[i])
+  if size then bytes = bytes + size end
 end
-return 0
+if ARGV[1] == '1' then
+  for i = 1, #KEYS, 500 do
+    redis.call('UNLINK', unpack(KEYS, i, math.min(i + 499, #KEYS)))
+  end
+  for i = 2, #ARGV, 2 do
+    local target = redis.call('GET', ARGV[i])
+    if target and redis.call('EXISTS', target) == 0 then
+      if ARGV[i + 1] == '' then
+        redis.call('DEL', ARGV[i])
+      else
+        redis.call('SET', ARGV[i], ARGV[i + 1], 'KEEPTTL')
+      end
+    end
+  end
+end
+return bytes
 """
-FIX_POINTER_SHA = hashlib.sha1(FIX_POINTER_LUA.encode()).hexdigest()
+SIZE_AND_DELETE_SHA = hashlib.sha1(SIZE_AND_DELETE_LUA.encode()).hexdigest()
 
 R = TypeVar("R")
 Command = tuple[Any, ...]
 Program = Generator[list[Command], list[Any], R]
-Rows = list[dict[str, str]]
+Row = dict[str, Any]
 
 
 class RedisUnavailableError(RetentionError):
@@ -111,31 +149,41 @@ class RedisUnavailableError(RetentionError):
 
 @dataclass(frozen=True, slots=True)
 class _Layout:
-    """Where one saver keeps things: index names and the key builders it uses."""
+    """Where one saver keeps things: its index names and key prefixes."""
 
     checkpoint_index: str
     write_index: str
-    latest_key: Callable[[str, str], str]
-    registry_key: Callable[[str, str, str], str]
+    checkpoint_prefix: str
+    latest_prefix: str
+
+    def latest_key(self, stored_tid: str, stored_ns: str) -> str:
+        return f"{self.latest_prefix}:{stored_tid}:{stored_ns}"
+
+    def registry_key(self, checkpoint_key: str) -> str:
+        """The checkpoint's write-key registry: same `{thread}:{ns}:{id}` tail, own prefix."""
+        return WRITE_KEYS_ZSET_PREFIX + checkpoint_key[len(self.checkpoint_prefix) :]
 
 
 @dataclass(slots=True)
 class _Doc:
-    """One checkpoint document as read from the index (ns and ids un-sentineled)."""
+    """One checkpoint as the planner needs it (ns and ids un-sentineled)."""
 
     key: str
     ns: str
     cid: str
-    parent: str | None
-    metadata: dict[str, Any]
-    version: int | None
+    stored_ns: str
+    parent: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    version: int | None = None
 
 
 @dataclass(slots=True)
-class _ThreadIndex:
-    """One thread's checkpoints and the write keys of each (ns, checkpoint id)."""
+class _Thread:
+    """One thread's checkpoints; for field-by-field threads also their writes and sends."""
 
+    stored_id: str
     docs: list[_Doc] = field(default_factory=list)
+    detailed: bool = False
     writes: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
     sends_at: set[tuple[str, str]] = field(default_factory=set)
 
@@ -143,15 +191,19 @@ class _ThreadIndex:
 # -- reply parsing (RESP2 lists and RESP3 maps, bytes or str) ---------------------------
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
 
 
 def _get(mapping: dict[Any, Any], name: str) -> Any:
     return mapping.get(name, mapping.get(name.encode()))
 
 
-def _parse_page(reply: Any) -> tuple[Rows, int]:
+def _parse_page(reply: Any) -> tuple[list[Row], int]:
     """Rows and the next cursor id (0: done) of an FT.AGGREGATE WITHCURSOR reply."""
     payload, cursor = reply
     if isinstance(payload, dict):  # RESP3
@@ -159,15 +211,16 @@ def _parse_page(reply: Any) -> tuple[Rows, int]:
         if warnings:
             raise RetentionError(
                 "RediSearch returned partial results "
-                f"({'; '.join(_s(w) for w in warnings)}); nothing was deleted"
+                f"({'; '.join(str(_decode(w)) for w in warnings)}); nothing was deleted"
             )
-        results = _get(payload, "results") or []
         rows = [
-            {_s(k): _s(v) for k, v in (_get(r, "extra_attributes") or {}).items()} for r in results
+            {_decode(k): _decode(v) for k, v in (_get(r, "extra_attributes") or {}).items()}
+            for r in _get(payload, "results") or []
         ]
     else:  # RESP2: [count, [field, value, ...], ...]
         rows = [
-            {_s(row[i]): _s(row[i + 1]) for i in range(0, len(row) - 1, 2)} for row in payload[1:]
+            {_decode(row[i]): _decode(row[i + 1]) for i in range(0, len(row) - 1, 2)}
+            for row in payload[1:]
         ]
     return rows, int(cursor)
 
@@ -176,7 +229,12 @@ def _objkeys(reply: Any) -> set[str]:
     """The keys of a `JSON.OBJKEYS key $.path` reply (empty when the path is missing)."""
     if not reply or reply[0] is None:
         return set()
-    return {_s(k) for k in reply[0]}
+    return {_decode(k) for k in reply[0]}
+
+
+def _keys(row: Row) -> list[str]:
+    keys = row.get("keys") or []
+    return [keys] if isinstance(keys, str) else list(keys)
 
 
 # -- queries -------------------------------------------------------------------------------
@@ -189,9 +247,9 @@ def _tag(value: str) -> str:
 def _thread_query(thread_ids: Sequence[str]) -> tuple[str | None, list[str]]:
     """A RediSearch query matching the threads' documents, and ids no tag query can match.
 
-    The match is a superset (tags are case-insensitive and split at ','); rows are
-    filtered by their exact `thread_id` afterwards. An id made only of separators and
-    whitespace is indexed as no tag at all and needs a FILTER scan instead.
+    The match is a superset (tags are case-insensitive and split at ','); rows are kept
+    by their exact `thread_id` afterwards. An id made only of separators and whitespace is
+    indexed as no tag at all and needs a FILTER scan instead.
     """
     simple: list[str] = []
     clauses: list[str] = []
@@ -211,26 +269,31 @@ def _thread_query(thread_ids: Sequence[str]) -> tuple[str | None, list[str]]:
     return (" | ".join(clauses) if clauses else None), unmatched
 
 
-def _aggregates(index: str, thread_ids: Sequence[str], fields: Sequence[str]) -> list[Command]:
-    """FT.AGGREGATE commands reading `fields` of every document of the given threads."""
+def _aggregates(
+    index: str,
+    thread_ids: Sequence[str],
+    load: Sequence[str],
+    steps: Sequence[Any] = (),
+    where: str = "",
+) -> list[Command]:
+    """FT.AGGREGATE commands over every document of the given threads (and `where`)."""
     query, unmatched = _thread_query(thread_ids)
-    load = ("LOAD", len(fields), *fields)
-    tail = ("WITHCURSOR", "COUNT", CURSOR_PAGE, "TIMEOUT", 0, "DIALECT", 2)
     commands: list[Command] = []
     if query is not None:
-        commands.append(("FT.AGGREGATE", index, query, *load, *tail))
+        full = f"({query}) {where}" if where else query
+        commands.append(("FT.AGGREGATE", index, full, "LOAD", len(load), *load, *steps, *_TAIL))
     for stored in unmatched:  # only separators/whitespace: no quote can end the literal
-        fields_with_tid = load if "@thread_id" in fields else (*load, "@thread_id")
+        fields = tuple(load) if "@thread_id" in load else (*load, "@thread_id")
         commands.append(
-            ("FT.AGGREGATE", index, "*", *fields_with_tid, "FILTER",
-             f'@thread_id == "{stored}"', *tail)
+            ("FT.AGGREGATE", index, where or "*", "LOAD", len(fields), *fields,
+             "FILTER", f'@thread_id == "{stored}"', *steps, *_TAIL)
         )  # fmt: skip
     return commands
 
 
-def _read_all(commands: list[Command]) -> Program[list[Rows]]:
+def _read_all(commands: list[Command]) -> Program[list[list[Row]]]:
     """Run FT.AGGREGATE commands in one pipeline and drain their cursors; rows per command."""
-    out: list[Rows] = [[] for _ in commands]
+    out: list[list[Row]] = [[] for _ in commands]
     if not commands:
         return out
     replies = yield commands
@@ -256,31 +319,59 @@ def _read_all(commands: list[Command]) -> Program[list[Rows]]:
     return out
 
 
-def _thread_of(row: dict[str, str], wanted: set[str]) -> str | None:
+def _thread_of(row: Row, wanted: set[str]) -> str | None:
     """The row's exact thread id if it is one we asked for (tag matches are a superset)."""
     raw = row.get("thread_id")
-    if raw is None:
+    if not isinstance(raw, str):
         return None
     tid = from_storage_safe_id(raw)
     return tid if tid in wanted else None
 
 
-def _version(raw: str | None) -> int | None:
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _docs_from_keys(layout: _Layout, stored_tid: str, keys: Sequence[str]) -> list[_Doc] | None:
+    """Checkpoints from their keys, split after the known `{prefix}:{thread}:` only.
+
+    The tail is `{ns}:{id}`; LangGraph ids are UUIDs (no ':'), so the split is exact.
+    None when a key does not fit, or a subgraph call namespace needs its metadata.
+    """
+    head = f"{layout.checkpoint_prefix}:{stored_tid}:"
+    docs = []
+    for key in keys:
+        if not key.startswith(head):
+            return None
+        stored_ns, sep, stored_cid = key[len(head) :].rpartition(":")
+        ns = from_storage_safe_str(stored_ns)
+        if not sep or not _is_uuid(stored_cid) or ":" in ns:
+            return None
+        docs.append(_Doc(key=key, ns=ns, cid=from_storage_safe_id(stored_cid), stored_ns=stored_ns))
+    return docs
+
+
+def _version(raw: Any) -> int | None:
     try:
         return int(raw) if raw is not None else None
-    except ValueError:
+    except (TypeError, ValueError):
         return None
 
 
-def _doc(row: dict[str, str]) -> _Doc:
+def _detailed_doc(row: Row) -> _Doc:
     meta_raw = row.get("metadata")
-    meta = json.loads(meta_raw) if meta_raw else {}
-    parent = row.get("parent_checkpoint_id") or ""
+    meta = json.loads(meta_raw) if isinstance(meta_raw, str) and meta_raw else {}
+    stored_ns = row.get("checkpoint_ns") or ""
     return _Doc(
         key=row["__key"],
-        ns=from_storage_safe_str(row.get("checkpoint_ns", "")),
+        ns=from_storage_safe_str(stored_ns),
         cid=from_storage_safe_id(row["checkpoint_id"]),
-        parent=from_storage_safe_id(parent) or None,
+        stored_ns=stored_ns,
+        parent=from_storage_safe_id(row.get("parent_checkpoint_id") or "") or None,
         metadata=meta if isinstance(meta, dict) else {},
         version=_version(row.get("v")),
     )
@@ -289,53 +380,81 @@ def _doc(row: dict[str, str]) -> _Doc:
 # -- programs: the decisions, shared by both drivers ------------------------------------
 
 
-def _read_index(layout: _Layout, thread_ids: Sequence[str]) -> Program[dict[str, _ThreadIndex]]:
-    """The batch's checkpoints and writes, grouped by exact thread id (one round trip)."""
-    cp_cmds = _aggregates(layout.checkpoint_index, thread_ids, CHECKPOINT_FIELDS)
-    wr_cmds = _aggregates(layout.write_index, thread_ids, WRITE_FIELDS)
-    results = yield from _read_all(cp_cmds + wr_cmds)
+def _read_overview(layout: _Layout, thread_ids: Sequence[str]) -> Program[dict[str, _Thread]]:
+    """Each thread's checkpoints from their keys, and which threads need the field reads."""
+    cp_cmds = _aggregates(layout.checkpoint_index, thread_ids, OVERVIEW_LOAD, OVERVIEW_STEPS)
+    sends_cmds = _aggregates(
+        layout.write_index, thread_ids, ("@thread_id",), SENDS_STEPS,
+        where=f"@channel:{{{_tag(TASKS)}}}",
+    )  # fmt: skip
+    results = yield from _read_all(cp_cmds + sends_cmds)
     wanted = set(thread_ids)
-    index: dict[str, _ThreadIndex] = {}
-    seen: set[str] = set()
+    with_sends = {
+        tid for rows in results[len(cp_cmds) :] for r in rows if (tid := _thread_of(r, wanted))
+    }
+    threads: dict[str, _Thread] = {}
     for rows in results[: len(cp_cmds)]:
         for row in rows:
             tid = _thread_of(row, wanted)
-            if tid is not None and row["__key"] not in seen:
-                seen.add(row["__key"])
-                index.setdefault(tid, _ThreadIndex()).docs.append(_doc(row))
+            if tid is None:
+                continue
+            thread = _Thread(stored_id=row["thread_id"])
+            docs = _docs_from_keys(layout, thread.stored_id, _keys(row))
+            thread.detailed = docs is None or tid in with_sends or _version(row.get("delta")) != 0
+            thread.docs = docs or []
+            threads[tid] = thread
+    return threads
+
+
+def _read_details(layout: _Layout, threads: dict[str, _Thread]) -> Program[None]:
+    """Field-by-field checkpoints and writes of the threads the overview could not plan."""
+    ids = [tid for tid, t in threads.items() if t.detailed]
+    if not ids:
+        return
+    cp_cmds = _aggregates(layout.checkpoint_index, ids, DETAIL_LOAD)
+    wr_cmds = _aggregates(layout.write_index, ids, DETAIL_WRITE_LOAD)
+    results = yield from _read_all(cp_cmds + wr_cmds)
+    wanted = set(ids)
+    for tid in ids:
+        threads[tid].docs = []
+    for rows in results[: len(cp_cmds)]:
+        for row in rows:
+            if (owner := _thread_of(row, wanted)) is not None:
+                threads[owner].docs.append(_detailed_doc(row))
     for rows in results[len(cp_cmds) :]:
         for row in rows:
-            tid = _thread_of(row, wanted)
-            if tid is None or row["__key"] in seen:
+            if (owner := _thread_of(row, wanted)) is None:
                 continue
-            seen.add(row["__key"])
             at = (
-                from_storage_safe_str(row.get("checkpoint_ns", "")),
-                from_storage_safe_id(row.get("checkpoint_id", "")),
+                from_storage_safe_str(row.get("checkpoint_ns") or ""),
+                from_storage_safe_id(row.get("checkpoint_id") or ""),
             )
-            thread = index.setdefault(tid, _ThreadIndex())
-            thread.writes[at].append(row["__key"])
+            threads[owner].writes[at].append(row["__key"])
             if row.get("channel") == TASKS:
-                thread.sends_at.add(at)
-    return index
+                threads[owner].sends_at.add(at)
 
 
 def _delta_names(docs: Sequence[_Doc]) -> dict[str, set[str]]:
     """DeltaChannel names per namespace, from the metadata counters LangGraph keeps."""
     names: dict[str, set[str]] = defaultdict(set)
     for d in docs:
-        counters = d.metadata.get("counters_since_delta_snapshot")
+        counters = d.metadata.get(DELTA_MARK)
         if isinstance(counters, dict) and counters:
             names[d.ns].update(counters)
     return names
 
 
 def _read_stored_channels(
-    index: dict[str, _ThreadIndex],
+    threads: dict[str, _Thread],
 ) -> Program[tuple[dict[str, dict[str, set[str]]], dict[str, tuple[set[str], set[str]]]]]:
     """For DeltaChannel threads only: per checkpoint key, its versioned and stored channels."""
-    names_by_thread = {tid: _delta_names(t.docs) for tid, t in index.items()}
-    keys = [d.key for tid, t in index.items() for d in t.docs if names_by_thread[tid].get(d.ns)]
+    names_by_thread = {tid: _delta_names(t.docs) for tid, t in threads.items() if t.detailed}
+    keys = [
+        d.key
+        for tid, names in names_by_thread.items()
+        for d in threads[tid].docs
+        if names.get(d.ns)
+    ]
     channels: dict[str, tuple[set[str], set[str]]] = {}
     if keys:
         replies = yield [
@@ -352,7 +471,7 @@ def _read_stored_channels(
 
 
 def _entries(
-    thread: _ThreadIndex,
+    thread: _Thread,
     names: dict[str, set[str]],
     channels: dict[str, tuple[set[str], set[str]]],
 ) -> list[CheckpointEntry]:
@@ -378,6 +497,41 @@ def _entries(
     return entries
 
 
+def _read_doomed_writes(
+    layout: _Layout, doomed: dict[str, list[str]]
+) -> Program[dict[str, list[str]]]:
+    """Write keys of the given checkpoint ids, per exact thread id (overview threads)."""
+    commands: list[Command] = []
+    for tid, cids in doomed.items():
+        where = "@checkpoint_id:{" + "|".join(_tag(to_storage_safe_id(c)) for c in cids) + "}"
+        commands += _aggregates(layout.write_index, [tid], KEYS_LOAD, KEYS_STEPS, where=where)
+    results = yield from _read_all(commands)
+    wanted = set(doomed)
+    found: dict[str, list[str]] = defaultdict(list)
+    for rows in results:
+        for row in rows:
+            if (owner := _thread_of(row, wanted)) is not None:
+                found[owner].extend(_keys(row))
+    return found
+
+
+def _size_calls(
+    jobs: Sequence[tuple[list[str], list[str]]], delete: bool
+) -> tuple[list[Command], list[int]]:
+    """Lua calls sizing (and deleting) each job's keys, at most `LUA_KEYS` per call; the
+    pointer repairs ride on a job's last call. Returns the calls and each call's job."""
+    calls: list[Command] = []
+    owner: list[int] = []
+    for job, (keys, pointer_args) in enumerate(jobs):
+        starts = list(range(0, len(keys), LUA_KEYS)) or [0]
+        for start in starts:
+            chunk = keys[start : start + LUA_KEYS]
+            argv = ["1" if delete else "0"] + (pointer_args if start == starts[-1] else [])
+            calls.append(("EVALSHA", SIZE_AND_DELETE_SHA, len(chunk), *chunk, *argv))
+            owner.append(job)
+    return [("SCRIPT", "LOAD", SIZE_AND_DELETE_LUA), *calls], owner
+
+
 def _prune_program(
     layout: _Layout,
     thread_ids: Sequence[str],
@@ -386,15 +540,15 @@ def _prune_program(
     now: datetime,
 ) -> Program[list[ThreadResult]]:
     """Read the batch's index, plan each thread, size and delete (unless dry run), report."""
-    index = yield from _read_index(layout, thread_ids)
-    names_by_thread, channels = yield from _read_stored_channels(index)
+    threads = yield from _read_overview(layout, thread_ids)
+    yield from _read_details(layout, threads)
+    names_by_thread, channels = yield from _read_stored_channels(threads)
 
     results: list[ThreadResult] = []
-    doomed_keys: list[str] = []
-    owner: list[int] = []  # result index of each doomed key, for bytes
-    pointer_fixes: list[tuple[str, str]] = []
+    doomed_by_thread: dict[str, list[_Doc]] = {}
+    pointers: dict[str, list[str]] = {}
     for tid in thread_ids:
-        thread = index.get(tid, _ThreadIndex())
+        thread = threads.get(tid) or _Thread(stored_id=to_storage_safe_id(tid))
         try:
             plan = plan_thread(
                 _entries(thread, names_by_thread.get(tid, {}), channels),
@@ -405,86 +559,90 @@ def _prune_program(
         except RetentionError as exc:
             results.append(ThreadResult(tid, error=str(exc)))
             continue
-        result = ThreadResult(tid, kept_checkpoints=plan.kept_count)
-        key_of = {(d.ns, d.cid): d.key for d in thread.docs}
-        slot = len(results)
-        for ns, doomed in plan.delete.items():
-            for cid in doomed:
-                writes = thread.writes.get((ns, cid), [])
-                result.deleted_checkpoints += 1
-                result.deleted_writes += len(writes)
-                keys = [key_of[(ns, cid)], *writes, layout.registry_key(tid, ns, cid)]
-                doomed_keys.extend(keys)
-                owner.extend([slot] * len(keys))
-            kept = plan.keep.get(ns)
-            replacement = key_of[(ns, kept[0])] if kept else ""  # keep lists are newest first
-            pointer_fixes.append((layout.latest_key(tid, ns), replacement))
-        results.append(result)
+        results.append(ThreadResult(tid, kept_checkpoints=plan.kept_count))
+        if not plan.delete:
+            continue
+        by_id = {(d.ns, d.cid): d for d in thread.docs}
+        doomed_by_thread[tid] = [by_id[pair] for pair in plan.deleted_pairs()]
+        pointer_args: list[str] = []
+        for ns in plan.delete:
+            kept = plan.keep.get(ns)  # newest first
+            stored_ns = by_id[(ns, plan.delete[ns][0])].stored_ns
+            pointer_args += [
+                layout.latest_key(thread.stored_id, stored_ns),
+                by_id[(ns, kept[0])].key if kept else "",
+            ]
+        pointers[tid] = pointer_args
 
-    if not doomed_keys:
+    undetailed = {
+        tid: [d.cid for d in docs]
+        for tid, docs in doomed_by_thread.items()
+        if not threads[tid].detailed
+    }
+    writes = yield from _read_doomed_writes(layout, undetailed)
+
+    slots = {r.thread_id: r for r in results}
+    jobs: list[tuple[list[str], list[str]]] = []
+    job_results: list[ThreadResult] = []
+    for tid, docs in doomed_by_thread.items():
+        thread = threads[tid]
+        if thread.detailed:
+            write_keys = [k for d in docs for k in thread.writes.get((d.ns, d.cid), [])]
+        else:
+            write_keys = writes.get(tid, [])
+        result = slots[tid]
+        result.deleted_checkpoints = len(docs)
+        result.deleted_writes = len(write_keys)
+        keys = [k for d in docs for k in (d.key, layout.registry_key(d.key))] + write_keys
+        jobs.append((keys, pointers[tid]))
+        job_results.append(result)
+    if not jobs:
         return results
-    commands: list[Command] = [("MEMORY", "USAGE", k) for k in doomed_keys]
-    if not dry_run:
-        commands += [
-            ("UNLINK", *doomed_keys[i : i + UNLINK_CHUNK])
-            for i in range(0, len(doomed_keys), UNLINK_CHUNK)
-        ]
-        commands.append(("SCRIPT", "LOAD", FIX_POINTER_LUA))
-        commands += [("EVALSHA", FIX_POINTER_SHA, 1, ptr, repl) for ptr, repl in pointer_fixes]
-    replies = yield commands
-    for slot, size in zip(owner, replies[: len(doomed_keys)], strict=True):
-        results[slot].bytes_freed += int(size or 0)
+    calls, owner = _size_calls(jobs, delete=not dry_run)
+    replies = yield calls
+    for job, size in zip(owner, replies[1:], strict=True):
+        job_results[job].bytes_freed += int(size or 0)
     return results
 
 
 def _stats_program(
     layout: _Layout, thread_ids: Sequence[str]
 ) -> Program[list[tuple[str, ThreadStats]]]:
-    """Counts from the indexes, bytes from MEMORY USAGE of every key a thread owns."""
-    cp_cmds = _aggregates(layout.checkpoint_index, thread_ids, STATS_CHECKPOINT_FIELDS)
-    wr_cmds = _aggregates(layout.write_index, thread_ids, STATS_WRITE_FIELDS)
+    """Counts and newest id from the indexes; bytes from MEMORY USAGE of every key a thread
+    owns (checkpoints, their registries, writes), summed server-side."""
+    cp_cmds = _aggregates(layout.checkpoint_index, thread_ids, STATS_LOAD, STATS_STEPS)
+    wr_cmds = _aggregates(layout.write_index, thread_ids, KEYS_LOAD, KEYS_STEPS)
     results = yield from _read_all(cp_cmds + wr_cmds)
     wanted = set(thread_ids)
     found: dict[str, ThreadStats] = {}
-    namespaces: dict[str, set[str]] = defaultdict(set)
-    keys: list[str] = []
-    owner: list[str] = []
-    seen: set[str] = set()
-    for i, rows in enumerate(results):
-        is_checkpoint = i < len(cp_cmds)
+    keys: dict[str, list[str]] = defaultdict(list)
+    for rows in results[: len(cp_cmds)]:
         for row in rows:
-            tid = _thread_of(row, wanted)
-            if tid is None or row["__key"] in seen:
+            if (tid := _thread_of(row, wanted)) is None:
                 continue
-            seen.add(row["__key"])
-            ts = found.setdefault(tid, ThreadStats())
-            keys.append(row["__key"])
-            owner.append(tid)
-            if not is_checkpoint:
-                ts.writes += 1
-                continue
-            ns = from_storage_safe_str(row.get("checkpoint_ns", ""))
-            cid = from_storage_safe_id(row["checkpoint_id"])
-            ts.checkpoints += 1
-            namespaces[tid].add(ns)
-            if ts.newest_checkpoint_id is None or cid > ts.newest_checkpoint_id:
-                ts.newest_checkpoint_id = cid
-            keys.append(layout.registry_key(tid, ns, cid))
-            owner.append(tid)
-    if keys:
-        sizes = yield [("MEMORY", "USAGE", k) for k in keys]
-        for tid, size in zip(owner, sizes, strict=True):
-            found[tid].bytes += int(size or 0)
-    out: list[tuple[str, ThreadStats]] = []
-    for tid in thread_ids:
-        thread_stats = found.get(tid)
-        if thread_stats is None or not thread_stats.checkpoints:
-            continue  # writes alone are not a thread
-        thread_stats.namespaces = len(namespaces[tid])
-        if thread_stats.newest_checkpoint_id:
-            thread_stats.newest = checkpoint_time(thread_stats.newest_checkpoint_id)
-        out.append((tid, thread_stats))
-    return out
+            cp_keys = _keys(row)
+            newest = row.get("newest")
+            newest_id = from_storage_safe_id(newest) if isinstance(newest, str) else None
+            found[tid] = ThreadStats(
+                checkpoints=len(cp_keys),
+                namespaces=int(row.get("namespaces") or 0),
+                newest_checkpoint_id=newest_id,
+                newest=checkpoint_time(newest_id) if newest_id else None,
+            )
+            keys[tid] += [k for key in cp_keys for k in (key, layout.registry_key(key))]
+    for rows in results[len(cp_cmds) :]:
+        for row in rows:
+            if (tid := _thread_of(row, wanted)) is not None and tid in found:
+                write_keys = _keys(row)
+                found[tid].writes += len(write_keys)
+                keys[tid] += write_keys
+    order = [tid for tid in thread_ids if tid in found]
+    if order:
+        calls, owner = _size_calls([(keys[tid], []) for tid in order], delete=False)
+        replies = yield calls
+        for job, size in zip(owner, replies[1:], strict=True):
+            found[order[job]].bytes += int(size or 0)
+    return [(tid, found[tid]) for tid in order]
 
 
 def _thread_page_program(layout: _Layout, cursor: int | None) -> Program[tuple[list[str], int]]:
@@ -498,7 +656,9 @@ def _thread_page_program(layout: _Layout, cursor: int | None) -> Program[tuple[l
         command = ("FT.CURSOR", "READ", layout.checkpoint_index, cursor, "COUNT", THREAD_PAGE)
     (reply,) = yield [command]
     rows, next_cursor = _parse_page(reply)
-    ids = [from_storage_safe_id(r["thread_id"]) for r in rows if "thread_id" in r]
+    ids = [
+        from_storage_safe_id(r["thread_id"]) for r in rows if isinstance(r.get("thread_id"), str)
+    ]
     return ids, next_cursor
 
 
@@ -513,8 +673,8 @@ def _layout(saver: Any) -> _Layout:
     return _Layout(
         checkpoint_index=saver.checkpoints_index.name,
         write_index=saver.checkpoint_writes_index.name,
-        latest_key=saver._make_redis_checkpoint_latest_key,
-        registry_key=CheckpointKeyRegistry.make_write_keys_zset_key,
+        checkpoint_prefix=saver._checkpoint_prefix,
+        latest_prefix=f"{saver._checkpoint_prefix}_latest",
     )
 
 
@@ -523,7 +683,7 @@ def _check_client(saver: Any) -> Any:
     if getattr(saver, "cluster_mode", False) or "Cluster" in type(client).__name__:
         raise RetentionError(
             f"{type(saver).__name__} on Redis Cluster is not supported yet: the index reads "
-            "and pipelined deletes assume one server; nothing was deleted"
+            "and Lua deletes assume one server; nothing was deleted"
         )
     return client
 
