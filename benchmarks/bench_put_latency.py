@@ -516,6 +516,7 @@ def main() -> None:
     )
     ap.add_argument("--pg-url", default=None)
     ap.add_argument("--no-postgres", action="store_true")
+    ap.add_argument("--no-puts", action="store_true", help="skip part 1")
     ap.add_argument("--no-chat", action="store_true", help="skip part 2")
     ap.add_argument("--dir", type=Path, default=None, help="where the SQLite files go")
     args = ap.parse_args()
@@ -527,9 +528,10 @@ def main() -> None:
     ):
         workdir = Path(tmp)
         print(f"SQLite files in {workdir}; PostgreSQL: {pg_url or 'not used'}")
-        sqlite_puts(args, workdir, stream)
-        if pg_url:
-            postgres_puts(args, pg_url, stream)
+        if not args.no_puts:
+            sqlite_puts(args, workdir, stream)
+            if pg_url:
+                postgres_puts(args, pg_url, stream)
         if not args.no_chat:
             chat_during_sweep(args, workdir)
 

@@ -262,7 +262,7 @@ class BackgroundPruner:
         """Make sure a worker is running and sees the queue."""
         if self.runner == "thread":
             if self._thread is None:
-                self.start()
+                self._start_thread()
             return
         try:
             running = asyncio.get_running_loop()
@@ -330,15 +330,22 @@ class BackgroundPruner:
                 "this pruner prunes an async saver on its event loop; "
                 "call `await pruner.astart()` from that loop"
             )
+        if not self._start_thread():
+            raise RuntimeError("the pruner is closed")
+
+    def _start_thread(self) -> bool:
+        """Start the worker thread unless it runs or the pruner closed (then False; a
+        request racing `close()` leaves its thread id to be counted as abandoned)."""
         with self._lock:
             if self._thread is not None:
-                return
+                return True
             if self._closing:
-                raise RuntimeError("the pruner is closed")
+                return False
             self._thread = threading.Thread(
                 target=self._thread_main, name="langgraph-retention-pruner", daemon=True
             )
             self._thread.start()
+            return True
 
     async def astart(self) -> None:
         """Start the worker: an asyncio task on the running loop (async savers), or the
