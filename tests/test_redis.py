@@ -7,14 +7,16 @@ write keys, registries, latest pointers, search indexes, TTLs, odd ids, failures
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 import redis
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.redis import RedisSaver
+from langgraph.graph import END, START, StateGraph
 
 from langgraph_retention import (
     RetentionError,
@@ -25,13 +27,14 @@ from langgraph_retention import (
     sweep,
 )
 from langgraph_retention.backends import resolve_backend
-from langgraph_retention.backends.redis import RedisUnavailableError
+from langgraph_retention.backends.redis import IDS_PER_QUERY, RedisUnavailableError
 from langgraph_retention.demo import SEED_THREAD_ID, chat
 
 from .fixtures_redis import flush, open_async_saver, redis_stack_server
-from .graphs import build_agent, build_subgraph_graph, config
+from .graphs import build_agent, build_delta_graph, build_subgraph_graph, config
 
 TTL_MINUTES = 60
+LONG_THREAD_RUNS = 400  # 3 checkpoints each: more than one query's and one Lua call's worth
 LOOKALIKE_IDS = [SEED_THREAD_ID, "wang1", "Wang1", "wang1,x", "客服/会话 7", "emoji 🎉 t", " "]
 
 
@@ -50,6 +53,19 @@ def ttl_saver(redis_url: str) -> Iterator[RedisSaver]:
     with RedisSaver.from_conn_string(redis_url, ttl={"default_ttl": TTL_MINUTES}) as saver:
         saver.setup()
         yield saver
+
+
+class Counter(TypedDict):
+    n: Annotated[int, operator.add]
+
+
+def build_counter_graph(checkpointer: Any) -> Any:
+    """The smallest real graph: one node, three checkpoints per invoke."""
+    g = StateGraph(Counter)
+    g.add_node("noop", lambda s: {"n": 0})
+    g.add_edge(START, "noop")
+    g.add_edge("noop", END)
+    return g.compile(checkpointer=checkpointer)
 
 
 def scan(client: redis.Redis, prefix: str) -> set[str]:
@@ -142,6 +158,40 @@ def test_finished_subgraph_calls_leave_no_dangling_latest_pointer(
 
     pointers = scan(client, "checkpoint_latest")
     assert pointers and all(client.exists(client.get(p)) for p in pointers)
+    assert graph.get_state(config("t")) == state_before
+
+
+def test_a_long_thread_is_pruned_completely_across_query_and_lua_chunks(
+    redis_saver: RedisSaver, client: redis.Redis
+) -> None:
+    graph = build_counter_graph(redis_saver)
+    for _ in range(LONG_THREAD_RUNS):
+        graph.invoke({"n": 1}, config("long"))
+    total = len(scan(client, "checkpoint"))
+    assert total > IDS_PER_QUERY + 1
+
+    report = prune_thread(redis_saver, "long", RetentionPolicy(keep_last=1))
+
+    assert report.deleted_checkpoints == total - 1
+    assert len(scan(client, "checkpoint")) == 1
+    assert scan(client, "checkpoint_write") == set() and scan(client, "write_keys_zset") == set()
+    assert graph.get_state(config("long")).values == {"n": LONG_THREAD_RUNS}
+
+
+def test_delta_channel_thread_keeps_its_ancestry_back_to_a_stored_snapshot(
+    redis_saver: RedisSaver, client: redis.Redis
+) -> None:
+    graph = build_delta_graph(redis_saver, snapshot_frequency=7)
+    for i in range(9):
+        graph.invoke({"items": [f"in{i}"]}, config("t"))
+    state_before = graph.get_state(config("t"))
+
+    report = prune_thread(redis_saver, "t", RetentionPolicy(keep_last=1))
+
+    kept = scan(client, "checkpoint")
+    oldest_kept_values: Any = client.json().objkeys(min(kept), "$.checkpoint.channel_values")
+    assert report.deleted_checkpoints > 0 and len(kept) == report.kept_checkpoints > 1
+    assert "items" in oldest_kept_values[0]  # the walk stops at a stored value
     assert graph.get_state(config("t")) == state_before
 
 

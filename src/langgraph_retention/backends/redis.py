@@ -65,6 +65,8 @@ THREAD_PAGE = 1_000
 PIPELINE_CHUNK = 10_000
 #: Keys per Lua call: each call blocks the server while it frees, so keep it short.
 LUA_KEYS = 1_000
+#: Checkpoint ids per write-key query (a tag union; keeps each query string modest).
+IDS_PER_QUERY = 1_000
 #: The checkpoint format version from which pending sends no longer live in the parent's
 #: writes; threads with sends are read field by field so each checkpoint's version counts.
 SENDS_MOVED_VERSION = 4
@@ -503,8 +505,10 @@ def _read_doomed_writes(
     """Write keys of the given checkpoint ids, per exact thread id (overview threads)."""
     commands: list[Command] = []
     for tid, cids in doomed.items():
-        where = "@checkpoint_id:{" + "|".join(_tag(to_storage_safe_id(c)) for c in cids) + "}"
-        commands += _aggregates(layout.write_index, [tid], KEYS_LOAD, KEYS_STEPS, where=where)
+        for start in range(0, len(cids), IDS_PER_QUERY):
+            tags = (_tag(to_storage_safe_id(c)) for c in cids[start : start + IDS_PER_QUERY])
+            where = "@checkpoint_id:{" + "|".join(tags) + "}"
+            commands += _aggregates(layout.write_index, [tid], KEYS_LOAD, KEYS_STEPS, where=where)
     results = yield from _read_all(commands)
     wanted = set(doomed)
     found: dict[str, list[str]] = defaultdict(list)
