@@ -605,3 +605,39 @@ def test_pruner_must_match_the_saver_and_policy(tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match="pruner= is for mode='background'"):
         RetainingSaver(inner, KEEP, pruner=BackgroundPruner(inner, KEEP))
+
+
+def test_background_pruning_every_put_loses_nothing(sync_saver: Any) -> None:
+    # the harshest schedule: each put hands its thread off, and keeps only the newest,
+    # so the pruner races the run that is writing to the same thread
+    one = RetentionPolicy(keep_last=1)
+    with RetainingSaver(sync_saver, one, mode="background", threshold=1) as wrapped:
+        graph = build_agent(wrapped)
+        reference = build_agent(InMemorySaver())
+        for _ in range(8):
+            chat(graph, SEED_THREAD_ID, 1)
+            chat(reference, SEED_THREAD_ID, 1)
+            assert transcript(graph, SEED_THREAD_ID) == transcript(reference, SEED_THREAD_ID)
+        pruner = wrapped.pruner
+        assert pruner is not None and pruner.join(30)
+
+    assert pruner.counters.failed == 0
+    assert checkpoints(sync_saver, SEED_THREAD_ID) == 1
+    assert transcript(graph, SEED_THREAD_ID) == transcript(reference, SEED_THREAD_ID)
+
+
+async def test_async_background_pruning_every_put_loses_nothing(async_saver: Any) -> None:
+    one = RetentionPolicy(keep_last=1)
+    pruner = BackgroundPruner(async_saver, one)
+    wrapped = RetainingSaver(async_saver, one, mode="background", threshold=1, pruner=pruner)
+    graph = build_agent(wrapped)
+    reference = build_agent(InMemorySaver())
+    for i in range(8):
+        await graph.ainvoke(user_turn(i), config("t"))
+        await reference.ainvoke(user_turn(i), config("t"))
+        assert await atranscript(graph, "t") == await atranscript(reference, "t")
+    assert await pruner.aclose(timeout=30)
+
+    assert pruner.counters.failed == 0
+    assert len([s async for s in graph.aget_state_history(config("t"))]) == 1
+    assert await atranscript(graph, "t") == await atranscript(reference, "t")
