@@ -168,6 +168,11 @@ def test_delta_channel_state_is_rebuilt_exactly_after_prune(sync_saver: Any) -> 
 
     report = prune_thread(sync_saver, "t", RetentionPolicy(keep_last=1))
 
+    if type(sync_saver).__name__ == "RedisSaver":  # refused there for now (backends/redis.py)
+        assert "DeltaChannel" in report.errors["t"] and report.deleted_checkpoints == 0
+        assert graph.get_state(config("t")) == before
+        return
+
     assert report.ok and report.deleted_checkpoints > 0
     assert report.kept_checkpoints > 1  # ancestry back to the last snapshot
     assert graph.get_state(config("t")) == before

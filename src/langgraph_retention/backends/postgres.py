@@ -39,7 +39,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.serde.types import TASKS
 from psycopg import AsyncConnection, AsyncCursor, Connection, Cursor
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from langgraph_retention.errors import RetentionError
@@ -63,7 +63,8 @@ class PostgresUnavailableError(RetentionError, ConnectionError):
 
 # -- statements ---------------------------------------------------------------------------
 # Thread ids travel as one text[] parameter (`= ANY`), doomed checkpoints as three parallel
-# arrays; statements run unprepared, so the planner sees the real array sizes.
+# arrays, all in binary (`%b`: no per-element quoting). Statements run unprepared, so the
+# planner sees the real array sizes.
 
 # READ COMMITTED on purpose: each statement sees what committed before it started, so the
 # blob check in PRUNE_SQL sees checkpoints a run committed after the index was read.
@@ -74,20 +75,19 @@ ISOLATION_SQL = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
 # checkpoint reads its parent's pending sends, so that parent must stay with it.
 INDEX_SQL = f"""
 SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id,
-       CASE WHEN strpos(c.checkpoint_ns, ':') > 0 THEN c.metadata -> 'parents' END
-           AS parents,
+       CASE WHEN strpos(c.checkpoint_ns, ':') > 0 THEN c.metadata -> 'parents' END,
        CASE WHEN jsonb_typeof(c.metadata -> 'counters_since_delta_snapshot') = 'object'
             THEN ARRAY(SELECT jsonb_object_keys(c.metadata -> 'counters_since_delta_snapshot'))
-       END AS delta_names,
+       END,
        CASE WHEN (c.checkpoint ->> 'v')::int < 4 AND c.parent_checkpoint_id IS NOT NULL
             THEN EXISTS (
                 SELECT 1 FROM checkpoint_writes w
                 WHERE w.thread_id = c.thread_id AND w.checkpoint_ns = c.checkpoint_ns
                   AND w.checkpoint_id = c.parent_checkpoint_id AND w.channel = '{TASKS}')
             ELSE false
-       END AS sends_parent
+       END
 FROM checkpoints c
-WHERE c.thread_id = ANY(%(threads)s)
+WHERE c.thread_id = ANY(%(threads)b)
 """
 
 # Only for threads that use a DeltaChannel: per checkpoint, which of those channels have a
@@ -95,88 +95,91 @@ WHERE c.thread_id = ANY(%(threads)s)
 # non-empty blob at that version), as `_build_delta_stage1_sql` upstream decides.
 DELTA_SQL = """
 SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id,
-       coalesce(array_agg(v.key) FILTER (WHERE v.key IS NOT NULL), '{}') AS versioned,
+       coalesce(array_agg(v.key) FILTER (WHERE v.key IS NOT NULL), '{}'),
        coalesce(array_agg(v.key) FILTER (
            WHERE c.checkpoint -> 'channel_values' ? v.key
               OR EXISTS (
                   SELECT 1 FROM checkpoint_blobs b
                   WHERE b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns
                     AND b.channel = v.key AND b.version = v.value AND b.type <> 'empty')
-       ), '{}') AS stored
+       ), '{}')
 FROM checkpoints c
 LEFT JOIN LATERAL jsonb_each_text(c.checkpoint -> 'channel_versions') AS v
-       ON v.key = ANY(%(channels)s)
-WHERE c.thread_id = ANY(%(threads)s)
+       ON v.key = ANY(%(channels)b)
+WHERE c.thread_id = ANY(%(threads)b)
 GROUP BY c.thread_id, c.checkpoint_ns, c.checkpoint_id
 """
 
 _DOOMED_CTE = """
-doomed AS (
-    SELECT * FROM unnest(%(doomed_threads)s::text[], %(doomed_ns)s::text[],
-                         %(doomed_ids)s::text[]) AS d(thread_id, checkpoint_ns, checkpoint_id)
+doomed AS MATERIALIZED (
+    SELECT * FROM unnest(%(doomed_threads)b::text[], %(doomed_ns)b::text[],
+                         %(doomed_ids)b::text[]) AS d(thread_id, checkpoint_ns, checkpoint_id)
 )"""
 
-# Blob keys a doomed checkpoint references, minus those any other checkpoint of the same
-# (thread, namespace) references: the statement's snapshot is taken after the index was
-# read, so checkpoints committed since then count as references too.
-_GARBAGE_CTES = """
+_CHECKPOINT_SIZE = "pg_column_size(c.checkpoint) + pg_column_size(c.metadata)"
+
+
+def _matches(a: str, b: str, columns: tuple[str, ...]) -> str:
+    return " AND ".join(f"{a}.{col} = {b}.{col}" for col in columns)
+
+
+_CHECKPOINT_KEY = ("thread_id", "checkpoint_ns", "checkpoint_id")
+_BLOB_KEY = ("thread_id", "checkpoint_ns", "channel", "version")
+
+# Blob keys a doomed checkpoint references (`freed`) and those every other checkpoint of
+# the batch references (`still_used`): the statement's snapshot is taken after the index
+# was read, so a checkpoint committed since then counts as a reference too. A blob no
+# doomed checkpoint references (say, one a run saved ahead of its checkpoint) is no
+# candidate at all. SRFs in the select list (ProjectSet) expand jsonb fastest.
+_REFERENCE_CTES = f"""
 freed AS (
-    SELECT DISTINCT g.thread_id, g.checkpoint_ns, v.key AS channel, v.value AS version
-    FROM gone g CROSS JOIN LATERAL jsonb_each_text(g.versions) AS v
+    SELECT s.thread_id, s.checkpoint_ns, (s.e).key AS channel, (s.e).value AS version
+    FROM (SELECT thread_id, checkpoint_ns, jsonb_each_text(versions) AS e FROM gone) AS s
 ),
 still_used AS (
-    SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, v.value AS version
-    FROM checkpoints c
-    CROSS JOIN LATERAL jsonb_each_text(c.checkpoint -> 'channel_versions') AS v
-    WHERE c.thread_id = ANY(%(threads)s)
-      AND NOT EXISTS (
-          SELECT 1 FROM doomed d
-          WHERE d.thread_id = c.thread_id AND d.checkpoint_ns = c.checkpoint_ns
-            AND d.checkpoint_id = c.checkpoint_id)
-),
-garbage AS (
-    SELECT * FROM freed EXCEPT SELECT * FROM still_used
+    SELECT s.thread_id, s.checkpoint_ns, (s.e).key AS channel, (s.e).value AS version
+    FROM (
+        SELECT c.thread_id, c.checkpoint_ns,
+               jsonb_each_text(c.checkpoint -> 'channel_versions') AS e
+        FROM checkpoints c
+        WHERE c.thread_id = ANY(%(threads)b)
+          AND NOT EXISTS (SELECT 1 FROM doomed d WHERE {_matches("d", "c", _CHECKPOINT_KEY)})
+    ) AS s
 )"""
 
+_GARBAGE_WHERE = f"""
+    b.thread_id = ANY(%(threads)b)
+    AND EXISTS (SELECT 1 FROM freed f WHERE {_matches("f", "b", _BLOB_KEY)})
+    AND NOT EXISTS (SELECT 1 FROM still_used u WHERE {_matches("u", "b", _BLOB_KEY)})"""
+
 _TOTALS_SELECT = """
-SELECT 'checkpoints' AS kind, thread_id, count(*) AS n, coalesce(sum(size), 0) AS size
-FROM gone GROUP BY thread_id
+SELECT 'checkpoints', thread_id, count(*), coalesce(sum(size), 0) FROM gone GROUP BY thread_id
 UNION ALL
 SELECT 'writes', thread_id, count(*), coalesce(sum(size), 0) FROM gone_writes GROUP BY thread_id
 UNION ALL
 SELECT 'blobs', thread_id, count(*), coalesce(sum(size), 0) FROM gone_blobs GROUP BY thread_id
 """
 
-_CHECKPOINT_SIZE = "pg_column_size(c.checkpoint) + pg_column_size(c.metadata)"
-_DOOMED_MATCH = (
-    "d.thread_id = {t}.thread_id AND d.checkpoint_ns = {t}.checkpoint_ns "
-    "AND d.checkpoint_id = {t}.checkpoint_id"
-)
-_GARBAGE_MATCH = (
-    "x.thread_id = b.thread_id AND x.checkpoint_ns = b.checkpoint_ns "
-    "AND x.channel = b.channel AND x.version = b.version"
-)
-
-# One statement deletes the doomed checkpoints, their writes (which may have committed
-# before their checkpoint: they go by the ids deleted, never by "all but the kept") and
-# the garbage blobs, and counts what went, per thread.
+# One statement deletes the doomed checkpoints, their writes (which may commit before
+# their checkpoint: they go by the ids deleted, never by "all but the kept") and the blobs
+# only doomed checkpoints referenced, and counts what went (rows, on-disk bytes) per thread.
 PRUNE_SQL = f"""
 WITH {_DOOMED_CTE},
 gone AS (
     DELETE FROM checkpoints c USING doomed d
-    WHERE {_DOOMED_MATCH.format(t="c")}
+    WHERE {_matches("d", "c", _CHECKPOINT_KEY)}
     RETURNING c.thread_id, c.checkpoint_ns, c.checkpoint -> 'channel_versions' AS versions,
               {_CHECKPOINT_SIZE} AS size
 ),
 gone_writes AS (
     DELETE FROM checkpoint_writes w USING doomed d
-    WHERE {_DOOMED_MATCH.format(t="w")}
+    WHERE {_matches("d", "w", _CHECKPOINT_KEY)}
     RETURNING w.thread_id, pg_column_size(w.blob) AS size
 ),
-{_GARBAGE_CTES},
+{_REFERENCE_CTES},
 gone_blobs AS (
-    DELETE FROM checkpoint_blobs b USING garbage x
-    WHERE {_GARBAGE_MATCH}
+    DELETE FROM checkpoint_blobs b
+    WHERE {_GARBAGE_WHERE}
     RETURNING b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
 )
 {_TOTALS_SELECT}
@@ -185,19 +188,20 @@ gone_blobs AS (
 # PRUNE_SQL with every DELETE turned into the SELECT of the same rows.
 DRY_RUN_SQL = f"""
 WITH {_DOOMED_CTE},
-gone AS (
+gone AS MATERIALIZED (
     SELECT c.thread_id, c.checkpoint_ns, c.checkpoint -> 'channel_versions' AS versions,
            {_CHECKPOINT_SIZE} AS size
-    FROM checkpoints c JOIN doomed d ON {_DOOMED_MATCH.format(t="c")}
+    FROM checkpoints c JOIN doomed d ON {_matches("d", "c", _CHECKPOINT_KEY)}
 ),
-gone_writes AS (
+gone_writes AS MATERIALIZED (
     SELECT w.thread_id, pg_column_size(w.blob) AS size
-    FROM checkpoint_writes w JOIN doomed d ON {_DOOMED_MATCH.format(t="w")}
+    FROM checkpoint_writes w JOIN doomed d ON {_matches("d", "w", _CHECKPOINT_KEY)}
 ),
-{_GARBAGE_CTES},
-gone_blobs AS (
+{_REFERENCE_CTES},
+gone_blobs AS MATERIALIZED (
     SELECT b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
-    FROM checkpoint_blobs b JOIN garbage x ON {_GARBAGE_MATCH}
+    FROM checkpoint_blobs b
+    WHERE {_GARBAGE_WHERE}
 )
 {_TOTALS_SELECT}
 """
@@ -217,15 +221,15 @@ STATS_SQL = f"""
 WITH cp AS (
     SELECT c.thread_id, count(*) AS checkpoints, sum({_CHECKPOINT_SIZE}) AS size,
            max(c.checkpoint_id) AS newest, count(DISTINCT c.checkpoint_ns) AS namespaces
-    FROM checkpoints c WHERE c.thread_id = ANY(%(threads)s) GROUP BY c.thread_id
+    FROM checkpoints c WHERE c.thread_id = ANY(%(threads)b) GROUP BY c.thread_id
 ),
 wr AS (
     SELECT thread_id, count(*) AS writes, sum(pg_column_size(blob)) AS size
-    FROM checkpoint_writes WHERE thread_id = ANY(%(threads)s) GROUP BY thread_id
+    FROM checkpoint_writes WHERE thread_id = ANY(%(threads)b) GROUP BY thread_id
 ),
 bl AS (
     SELECT thread_id, coalesce(sum(pg_column_size(blob)), 0) AS size
-    FROM checkpoint_blobs WHERE thread_id = ANY(%(threads)s) GROUP BY thread_id
+    FROM checkpoint_blobs WHERE thread_id = ANY(%(threads)b) GROUP BY thread_id
 )
 SELECT cp.thread_id, cp.checkpoints, cp.newest, cp.namespaces,
        coalesce(wr.writes, 0) AS writes,
@@ -242,42 +246,39 @@ RETRY_BASE_DELAY = 0.05
 RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 
 R = TypeVar("R")
-Rows = list[DictRow]
+Rows = list[tuple[Any, ...]]
 #: (sql, params, whether rows come back)
 Statement = tuple[str, Mapping[str, Any], bool]
 Program = Generator[Statement, Rows, R]
+DeltaFacts = Mapping[tuple[str, str, str], tuple[list[str], list[str]]]
 
 
 # -- programs: the decisions, shared by both drivers ------------------------------------
 
 
-def _entries(
-    rows: Rows, delta: Mapping[tuple[str, str, str], tuple[list[str], list[str]]]
-) -> dict[str, list[CheckpointEntry]]:
-    """Each thread's index as `CheckpointEntry` rows, DeltaChannel needs resolved."""
+def _entries(rows: Rows, delta: DeltaFacts) -> dict[str, list[CheckpointEntry]]:
+    """Each thread's index (INDEX_SQL rows) as `CheckpointEntry`s, DeltaChannel needs
+    resolved from DELTA_SQL's facts."""
     names_by_ns: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for r in rows:
-        if r["delta_names"]:
-            names_by_ns[(r["thread_id"], r["checkpoint_ns"])].update(r["delta_names"])
-    by_thread: dict[str, list[CheckpointEntry]] = defaultdict(list)
-    for r in rows:
-        tid, ns, cid = r["thread_id"], r["checkpoint_ns"], r["checkpoint_id"]
-        needs: frozenset[str] = frozenset()
-        names = names_by_ns.get((tid, ns))
+    for tid, ns, _cid, _parent, _parents, names, _sends in rows:
         if names:
-            found = delta.get((tid, ns, cid))
-            # Gone since the index was read (another prune): assume it needs every
-            # channel, which only keeps more.
-            versioned, stored = found if found is not None else (list(names), [])
+            names_by_ns[(tid, ns)].update(names)
+    by_thread: dict[str, list[CheckpointEntry]] = defaultdict(list)
+    for tid, ns, cid, parent, parents, _names, sends in rows:
+        needs: frozenset[str] = frozenset()
+        if names_by_ns and (names := names_by_ns.get((tid, ns))):
+            # Gone since the index was read (a concurrent prune): take it as needing
+            # every channel, which can only keep more.
+            versioned, stored = delta.get((tid, ns, cid), (list(names), []))
             needs = delta_needs(names, versioned, stored)
         by_thread[tid].append(
             CheckpointEntry(
                 checkpoint_ns=ns,
                 checkpoint_id=cid,
-                parent_id=r["parent_checkpoint_id"],
-                parents=r["parents"] or {},
+                parent_id=parent,
+                parents=parents or {},
                 delta_needs=needs,
-                sends_parent=bool(r["sends_parent"]),
+                sends_parent=sends,
             )
         )
     return by_thread
@@ -291,19 +292,14 @@ def _prune_program(
     yield ISOLATION_SQL, {}, False
     rows = yield INDEX_SQL, {"threads": threads}, True
 
-    channels = sorted({name for r in rows for name in (r["delta_names"] or ())})
     delta: dict[tuple[str, str, str], tuple[list[str], list[str]]] = {}
-    if channels:
-        delta_threads = sorted({r["thread_id"] for r in rows if r["delta_names"]})
-        params = {"threads": delta_threads, "channels": channels}
-        for r in (yield DELTA_SQL, params, True):
-            key = (r["thread_id"], r["checkpoint_ns"], r["checkpoint_id"])
-            delta[key] = (r["versioned"], r["stored"])
+    if channels := sorted({name for r in rows if r[5] for name in r[5]}):
+        params = {"threads": sorted({r[0] for r in rows if r[5]}), "channels": channels}
+        for tid, ns, cid, versioned, stored in (yield DELTA_SQL, params, True):
+            delta[(tid, ns, cid)] = (versioned, stored)
 
     results: dict[str, ThreadResult] = {}
-    doomed_threads: list[str] = []
-    doomed_ns: list[str] = []
-    doomed_ids: list[str] = []
+    doomed: tuple[list[str], list[str], list[str]] = ([], [], [])
     by_thread = _entries(rows, delta)
     for tid in threads:
         try:
@@ -312,40 +308,46 @@ def _prune_program(
             results[tid] = ThreadResult(tid, error=str(exc))
             continue
         results[tid] = ThreadResult(tid, kept_checkpoints=plan.kept_count)
-        for ns, cid in plan.deleted_pairs():
-            doomed_threads.append(tid)
-            doomed_ns.append(ns)
-            doomed_ids.append(cid)
+        for ns, ids in plan.delete.items():
+            doomed[0].extend([tid] * len(ids))
+            doomed[1].extend([ns] * len(ids))
+            doomed[2].extend(ids)
 
-    if doomed_ids:
+    if doomed[2]:
         params = {
-            "threads": sorted(set(doomed_threads)),
-            "doomed_threads": doomed_threads,
-            "doomed_ns": doomed_ns,
-            "doomed_ids": doomed_ids,
+            "threads": sorted(set(doomed[0])),
+            "doomed_threads": doomed[0],
+            "doomed_ns": doomed[1],
+            "doomed_ids": doomed[2],
         }
-        for r in (yield (DRY_RUN_SQL if dry_run else PRUNE_SQL), params, True):
-            result = results[r["thread_id"]]
-            result.bytes_freed += int(r["size"])
-            if r["kind"] == "checkpoints":
-                result.deleted_checkpoints = int(r["n"])
-            elif r["kind"] == "writes":
-                result.deleted_writes = int(r["n"])
+        for kind, tid, n, size in (yield (DRY_RUN_SQL if dry_run else PRUNE_SQL), params, True):
+            result = results[tid]
+            result.bytes_freed += int(size)
+            if kind == "checkpoints":
+                result.deleted_checkpoints = int(n)
+            elif kind == "writes":
+                result.deleted_writes = int(n)
             else:
-                result.deleted_blobs = int(r["n"])
+                result.deleted_blobs = int(n)
     return [results[tid] for tid in threads]
 
 
 def _stats_program(thread_ids: Sequence[str]) -> Program[list[tuple[str, ThreadStats]]]:
     found: dict[str, ThreadStats] = {}
-    for r in (yield STATS_SQL, {"threads": list(thread_ids)}, True):
-        found[r["thread_id"]] = ThreadStats(
-            checkpoints=int(r["checkpoints"]),
-            writes=int(r["writes"]),
-            bytes=int(r["size"]),
-            namespaces=int(r["namespaces"]),
-            newest=checkpoint_time(r["newest"]),
-            newest_checkpoint_id=r["newest"],
+    for tid, checkpoints, newest, namespaces, writes, size in (
+        yield (
+            STATS_SQL,
+            {"threads": list(thread_ids)},
+            True,
+        )
+    ):
+        found[tid] = ThreadStats(
+            checkpoints=int(checkpoints),
+            writes=int(writes),
+            bytes=int(size),
+            namespaces=int(namespaces),
+            newest=checkpoint_time(newest),
+            newest_checkpoint_id=newest,
         )
     return [(tid, found[tid]) for tid in thread_ids if tid in found]
 
@@ -356,7 +358,7 @@ def _thread_page_program(after: str | None) -> Program[list[str]]:
         rows = yield FIRST_THREAD_PAGE_SQL, {"limit": THREAD_PAGE_SIZE}, True
     else:
         rows = yield NEXT_THREAD_PAGE_SQL, {"after": after, "limit": THREAD_PAGE_SIZE}, True
-    return [r["thread_id"] for r in rows]
+    return [r[0] for r in rows]
 
 
 # -- drivers ------------------------------------------------------------------------------
@@ -396,7 +398,7 @@ def _unavailable(exc: Exception, conn: Any) -> PostgresUnavailableError | None:
     )
 
 
-def _drive(cur: Cursor[DictRow], program: Program[R]) -> R:
+def _drive(cur: Cursor[TupleRow], program: Program[R]) -> R:
     try:
         sql, params, fetch = next(program)
         while True:
@@ -406,7 +408,7 @@ def _drive(cur: Cursor[DictRow], program: Program[R]) -> R:
         return stop.value  # type: ignore[no-any-return]
 
 
-async def _adrive(cur: AsyncCursor[DictRow], program: Program[R]) -> R:
+async def _adrive(cur: AsyncCursor[TupleRow], program: Program[R]) -> R:
     try:
         sql, params, fetch = next(program)
         while True:
@@ -424,17 +426,19 @@ class PostgresBackend(Backend):
     saver: PostgresSaver
 
     @contextmanager
-    def _cursor(self) -> Iterator[Cursor[DictRow]]:
+    def _cursor(self) -> Iterator[Cursor[TupleRow]]:
+        """A tuple-row cursor: on a pooled connection of our own (the app's checkpoints
+        keep flowing meanwhile), else on the saver's connection under its lock."""
         conn = self.saver.conn
         if isinstance(conn, ConnectionPool):
-            # A connection of our own: the app's checkpoints keep flowing meanwhile.
-            with conn.connection() as own, own.cursor(binary=True, row_factory=dict_row) as cur:
+            with conn.connection() as own, own.cursor(binary=True, row_factory=tuple_row) as cur:
                 yield cur
-        else:
-            with self.saver._cursor() as cur:
-                if self.saver.pipe is not None:
-                    # A transaction must start clean, not take in what the pipeline queued.
-                    self.saver.pipe.sync()
+            return
+        with self.saver._cursor() as saver_cur:
+            if self.saver.pipe is not None:
+                # A transaction must start clean, not take in what the pipeline queued.
+                self.saver.pipe.sync()
+            with saver_cur.connection.cursor(binary=True, row_factory=tuple_row) as cur:
                 yield cur
 
     def _exec(self, make: Callable[[], Program[R]], *, write: bool) -> R:
@@ -487,18 +491,20 @@ class AsyncPostgresBackend(Backend):
     saver: AsyncPostgresSaver
 
     @asynccontextmanager
-    async def _cursor(self) -> AsyncIterator[AsyncCursor[DictRow]]:
+    async def _cursor(self) -> AsyncIterator[AsyncCursor[TupleRow]]:
+        """`PostgresBackend._cursor` on asyncio."""
         conn = self.saver.conn
         if isinstance(conn, AsyncConnectionPool):
             async with (
                 conn.connection() as own,
-                own.cursor(binary=True, row_factory=dict_row) as cur,
+                own.cursor(binary=True, row_factory=tuple_row) as cur,
             ):
                 yield cur
-        else:
-            async with self.saver._cursor() as cur:
-                if self.saver.pipe is not None:
-                    await self.saver.pipe.sync()
+            return
+        async with self.saver._cursor() as saver_cur:
+            if self.saver.pipe is not None:
+                await self.saver.pipe.sync()
+            async with saver_cur.connection.cursor(binary=True, row_factory=tuple_row) as cur:
                 yield cur
 
     async def _aexec(self, make: Callable[[], Program[R]], *, write: bool) -> R:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from langgraph_retention.errors import RetentionError
+from langgraph_retention.errors import DeltaChannelError, RetentionError
 from langgraph_retention.policy import (
     CheckpointEntry,
     RetentionPolicy,
@@ -77,7 +76,11 @@ TAG_SEPARATOR = ","
 #: What RediSearch trims around each tag piece (C isspace).
 TAG_WHITESPACE = " \t\n\v\f\r"
 #: ASCII punctuation and whitespace must be backslash-escaped inside a tag query.
-_TAG_SPECIAL = re.compile(r"([\x00-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f])")
+_TAG_ESCAPES = str.maketrans(
+    {c: "\\" + c for c in map(chr, range(128)) if not (c.isalnum() or c == "_")}
+)
+#: LangGraph checkpoint ids: canonical UUIDs (never a ':').
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _TAIL = ("WITHCURSOR", "COUNT", CURSOR_PAGE, "TIMEOUT", 0, "DIALECT", 2)
 
 #: Per thread: its checkpoint keys, and whether any checkpoint may involve a DeltaChannel
@@ -243,7 +246,7 @@ def _keys(row: Row) -> list[str]:
 
 
 def _tag(value: str) -> str:
-    return _TAG_SPECIAL.sub(r"\\\1", value)
+    return value.translate(_TAG_ESCAPES)
 
 
 def _thread_query(thread_ids: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -330,14 +333,6 @@ def _thread_of(row: Row, wanted: set[str]) -> str | None:
     return tid if tid in wanted else None
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 def _docs_from_keys(layout: _Layout, stored_tid: str, keys: Sequence[str]) -> list[_Doc] | None:
     """Checkpoints from their keys, split after the known `{prefix}:{thread}:` only.
 
@@ -351,7 +346,7 @@ def _docs_from_keys(layout: _Layout, stored_tid: str, keys: Sequence[str]) -> li
             return None
         stored_ns, sep, stored_cid = key[len(head) :].rpartition(":")
         ns = from_storage_safe_str(stored_ns)
-        if not sep or not _is_uuid(stored_cid) or ":" in ns:
+        if not sep or not _UUID.fullmatch(stored_cid) or ":" in ns:
             return None
         docs.append(_Doc(key=key, ns=ns, cid=from_storage_safe_id(stored_cid), stored_ns=stored_ns))
     return docs
@@ -484,6 +479,15 @@ def _entries(
         if ns_names:
             versioned, stored = channels.get(d.key, (set(), set()))
             needs = delta_needs(ns_names, versioned, stored)
+        if needs:
+            # Pruned around its ancestry, a DeltaChannel thread reads back exactly on
+            # RedisSaver, but the next run's rebuild was seen to drop the newest write
+            # (tests/test_invariants.py); refuse until that is understood.
+            raise DeltaChannelError(
+                f"thread {thread.stored_id!r} uses a DeltaChannel "
+                f"({', '.join(sorted(needs))}); pruning DeltaChannel threads is refused "
+                "on RedisSaver for now; nothing was deleted"
+            )
         parents = d.metadata.get("parents")
         old_format = d.version is None or d.version < SENDS_MOVED_VERSION
         entries.append(
