@@ -20,7 +20,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from langgraph_retention import RetentionPolicy, prune_thread, stats, sweep
+from langgraph_retention import PruneReport, RetentionPolicy, prune_thread, stats, sweep
 from langgraph_retention.backends import postgres as pg_backend
 from langgraph_retention.backends.postgres import PostgresUnavailableError
 from langgraph_retention.demo import SEED_THREAD_ID, chat
@@ -120,12 +120,7 @@ def test_blobs_kept_checkpoints_reference_remain(
     chat(graph, "t", 6)
     kept = history_ids(graph, "t")[:3]
     needed = set(
-        sql(
-            postgres_url,
-            REFERENCED_BLOB_KEYS_SQL.replace("JOIN checkpoints c", "JOIN checkpoints c")
-            + " WHERE c.checkpoint_id = ANY(%s)",
-            (kept,),
-        )
+        sql(postgres_url, REFERENCED_BLOB_KEYS_SQL + " WHERE c.checkpoint_id = ANY(%s)", (kept,))
     )
     assert needed
 
@@ -269,7 +264,7 @@ def test_a_run_appending_while_pruning_loses_nothing(
         runner = threading.Thread(target=run)
         runner.start()
         start.wait()
-        prunes = []
+        prunes: list[PruneReport] = []
         while not done.is_set() or not prunes:
             prunes.append(prune_thread(postgres_saver, "busy", RetentionPolicy(keep_last=1)))
         runner.join()

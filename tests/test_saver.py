@@ -502,6 +502,11 @@ def test_prune_keep_latest_keeps_delta_channel_ancestry(sync_saver: Any) -> None
         graph.invoke({"items": [f"in{i}"]}, config("t"))
     before = graph.get_state(config("t")).values
 
+    if type(sync_saver).__name__ == "RedisSaver":  # DeltaChannel threads refused there
+        with pytest.raises(PruneError, match="DeltaChannel"):
+            wrapped.prune(["t"])
+        assert graph.get_state(config("t")).values == before
+        return
     wrapped.prune(["t"])
 
     assert graph.get_state(config("t")).values == before
