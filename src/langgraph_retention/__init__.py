@@ -12,10 +12,14 @@ from langgraph_retention.engine import (
 from langgraph_retention.errors import DeltaChannelError, RetentionError, UnsupportedSaverError
 from langgraph_retention.policy import RetentionPolicy
 from langgraph_retention.report import PruneReport, Stats, ThreadResult, ThreadStats
+from langgraph_retention.saver import RetainingSaver
+from langgraph_retention.worker import BackgroundPruner
 
 __all__ = [
+    "BackgroundPruner",
     "DeltaChannelError",
     "PruneReport",
+    "RetainingSaver",
     "RetentionError",
     "RetentionPolicy",
     "Stats",
