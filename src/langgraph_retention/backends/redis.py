@@ -159,6 +159,7 @@ class _Layout:
     checkpoint_index: str
     write_index: str
     checkpoint_prefix: str
+    write_prefix: str
     latest_prefix: str
 
     def latest_key(self, stored_tid: str, stored_ns: str) -> str:
@@ -189,6 +190,9 @@ class _Thread:
     stored_id: str
     docs: list[_Doc] = field(default_factory=list)
     detailed: bool = False
+    #: False when some write key could not be tied to a checkpoint from its key alone;
+    #: the doomed checkpoints' writes are then looked up by checkpoint id instead.
+    writes_known: bool = False
     writes: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
     sends_at: set[tuple[str, str]] = field(default_factory=set)
 
@@ -352,6 +356,29 @@ def _docs_from_keys(layout: _Layout, stored_tid: str, keys: Sequence[str]) -> li
     return docs
 
 
+def _attach_writes(layout: _Layout, thread: _Thread, keys: Sequence[str]) -> bool:
+    """File write keys under their checkpoints, split after `{prefix}:{thread}:` only.
+
+    The tail is `{ns}:{id}:{task}:{idx}`. A key whose `{ns}:{id}` is not one of the
+    thread's checkpoints (a task id with ':', a write newer than the read, an orphan)
+    makes the whole thread fall back to a lookup by checkpoint id: False.
+    """
+    head = f"{layout.write_prefix}:{thread.stored_id}:"
+    known = {(d.stored_ns, d.cid) for d in thread.docs}
+    for key in keys:
+        if not key.startswith(head):
+            return False
+        parts = key[len(head) :].rsplit(":", 2)
+        if len(parts) != 3:
+            return False
+        stored_ns, _sep, stored_cid = parts[0].rpartition(":")
+        cid = from_storage_safe_id(stored_cid)
+        if (stored_ns, cid) not in known:
+            return False
+        thread.writes[(from_storage_safe_str(stored_ns), cid)].append(key)
+    return True
+
+
 def _version(raw: Any) -> int | None:
     try:
         return int(raw) if raw is not None else None
@@ -378,19 +405,21 @@ def _detailed_doc(row: Row) -> _Doc:
 
 
 def _read_overview(layout: _Layout, thread_ids: Sequence[str]) -> Program[dict[str, _Thread]]:
-    """Each thread's checkpoints from their keys, and which threads need the field reads."""
+    """Each thread's checkpoints and writes from their keys (one round trip), and which
+    threads need the field-by-field read instead."""
     cp_cmds = _aggregates(layout.checkpoint_index, thread_ids, OVERVIEW_LOAD, OVERVIEW_STEPS)
+    wr_cmds = _aggregates(layout.write_index, thread_ids, KEYS_LOAD, KEYS_STEPS)
     sends_cmds = _aggregates(
         layout.write_index, thread_ids, ("@thread_id",), SENDS_STEPS,
         where=f"@channel:{{{_tag(TASKS)}}}",
     )  # fmt: skip
-    results = yield from _read_all(cp_cmds + sends_cmds)
+    results = yield from _read_all(cp_cmds + wr_cmds + sends_cmds)
+    cp_rows, results = results[: len(cp_cmds)], results[len(cp_cmds) :]
+    wr_rows, sends_rows = results[: len(wr_cmds)], results[len(wr_cmds) :]
     wanted = set(thread_ids)
-    with_sends = {
-        tid for rows in results[len(cp_cmds) :] for r in rows if (tid := _thread_of(r, wanted))
-    }
+    with_sends = {_thread_of(r, wanted) for rows in sends_rows for r in rows}
     threads: dict[str, _Thread] = {}
-    for rows in results[: len(cp_cmds)]:
+    for rows in cp_rows:
         for row in rows:
             tid = _thread_of(row, wanted)
             if tid is None:
@@ -399,7 +428,14 @@ def _read_overview(layout: _Layout, thread_ids: Sequence[str]) -> Program[dict[s
             docs = _docs_from_keys(layout, thread.stored_id, _keys(row))
             thread.detailed = docs is None or tid in with_sends or _version(row.get("delta")) != 0
             thread.docs = docs or []
+            thread.writes_known = not thread.detailed
             threads[tid] = thread
+    for rows in wr_rows:
+        for row in rows:
+            owner = _thread_of(row, wanted)
+            fast = threads.get(owner) if owner is not None else None
+            if fast is not None and fast.writes_known:
+                fast.writes_known = _attach_writes(layout, fast, _keys(row))
     return threads
 
 
@@ -414,6 +450,7 @@ def _read_details(layout: _Layout, threads: dict[str, _Thread]) -> Program[None]
     wanted = set(ids)
     for tid in ids:
         threads[tid].docs = []
+        threads[tid].writes.clear()
     for rows in results[: len(cp_cmds)]:
         for row in rows:
             if (owner := _thread_of(row, wanted)) is not None:
@@ -582,22 +619,22 @@ def _prune_program(
             ]
         pointers[tid] = pointer_args
 
-    undetailed = {
+    unknown = {
         tid: [d.cid for d in docs]
         for tid, docs in doomed_by_thread.items()
-        if not threads[tid].detailed
+        if not (threads[tid].detailed or threads[tid].writes_known)
     }
-    writes = yield from _read_doomed_writes(layout, undetailed)
+    writes = yield from _read_doomed_writes(layout, unknown)
 
     slots = {r.thread_id: r for r in results}
     jobs: list[tuple[list[str], list[str]]] = []
     job_results: list[ThreadResult] = []
     for tid, docs in doomed_by_thread.items():
         thread = threads[tid]
-        if thread.detailed:
-            write_keys = [k for d in docs for k in thread.writes.get((d.ns, d.cid), [])]
-        else:
+        if tid in unknown:
             write_keys = writes.get(tid, [])
+        else:
+            write_keys = [k for d in docs for k in thread.writes.get((d.ns, d.cid), [])]
         result = slots[tid]
         result.deleted_checkpoints = len(docs)
         result.deleted_writes = len(write_keys)
@@ -682,6 +719,7 @@ def _layout(saver: Any) -> _Layout:
         checkpoint_index=saver.checkpoints_index.name,
         write_index=saver.checkpoint_writes_index.name,
         checkpoint_prefix=saver._checkpoint_prefix,
+        write_prefix=saver._checkpoint_write_prefix,
         latest_prefix=f"{saver._checkpoint_prefix}_latest",
     )
 
