@@ -124,6 +124,25 @@ def test_no_registry_outlives_its_checkpoint_or_lists_a_deleted_write(
         assert all(client.exists(member) for member in client.zrange(zset, 0, -1))
 
 
+def test_writes_left_orphaned_by_another_tool_do_not_stop_a_complete_prune(
+    redis_saver: RedisSaver, client: redis.Redis
+) -> None:
+    graph = build_agent(redis_saver)
+    chat(graph, "t", 4)
+    oldest = min(scan(client, "checkpoint"))
+    client.delete(oldest)  # the seed's way: a checkpoint deleted, its writes left behind
+    orphans = {w for w in scan(client, "checkpoint_write")
+               if checkpoint_key_of_write(client, redis_saver, w) == oldest}  # fmt: skip
+
+    report = prune_thread(redis_saver, "t", RetentionPolicy(keep_last=2))
+
+    checkpoints = scan(client, "checkpoint")
+    left = {w for w in scan(client, "checkpoint_write")
+            if checkpoint_key_of_write(client, redis_saver, w) not in checkpoints}  # fmt: skip
+    assert orphans and report.deleted_writes > 0
+    assert left == orphans  # only what was orphaned before; nothing of ours
+
+
 def test_search_indexes_hold_exactly_the_remaining_documents(
     redis_saver: RedisSaver, client: redis.Redis
 ) -> None:
