@@ -11,11 +11,12 @@ from the documents' `thread_id` field through the RediSearch indexes, grouped se
 small. Only the part of a key after its known `{prefix}:{thread}:` is split, and only
 where that is unambiguous; anything else is read field by field.
 
-A prune reads each thread's key list plus a DeltaChannel flag (never the state), plans it,
-looks up the doomed checkpoints' write keys, and sizes (`MEMORY USAGE`) and deletes them in
-one Lua call per thread: explicit keys only, never a pattern, never a re-`SET`. The
-programs below yield lists of commands (one pipeline each) and receive the replies, so the
-sync and async drivers share every decision.
+A prune reads, in one round trip, each thread's checkpoint keys, write keys and a
+DeltaChannel flag (never the state), plans it, then sizes (`MEMORY USAGE`) and UNLINKs the
+doomed keys in one Lua call per thread: explicit keys only, never a pattern; the only
+write is repairing a `checkpoint_latest` pointer left on a deleted key (SET ... KEEPTTL).
+The programs below yield lists of commands (one pipeline each) and receive the replies,
+so the sync and async drivers share every decision.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ class _Layout:
     latest_prefix: str
 
     def latest_key(self, stored_tid: str, stored_ns: str) -> str:
+        """The (thread, ns) `checkpoint_latest` pointer, from stored (sentinel) values."""
         return f"{self.latest_prefix}:{stored_tid}:{stored_ns}"
 
     def registry_key(self, checkpoint_key: str) -> str:
@@ -201,6 +203,7 @@ class _Thread:
 
 
 def _decode(value: Any) -> Any:
+    """Bytes (clients without decode_responses) to str, through lists."""
     if isinstance(value, bytes):
         return value.decode()
     if isinstance(value, list):
@@ -209,6 +212,7 @@ def _decode(value: Any) -> Any:
 
 
 def _get(mapping: dict[Any, Any], name: str) -> Any:
+    """A RESP3 map entry, whether the client decodes keys or not."""
     return mapping.get(name, mapping.get(name.encode()))
 
 
@@ -242,6 +246,7 @@ def _objkeys(reply: Any) -> set[str]:
 
 
 def _keys(row: Row) -> list[str]:
+    """The keys a grouped row collected with TOLIST."""
     keys = row.get("keys") or []
     return [keys] if isinstance(keys, str) else list(keys)
 
@@ -250,6 +255,7 @@ def _keys(row: Row) -> list[str]:
 
 
 def _tag(value: str) -> str:
+    """`value` escaped for a RediSearch tag query (non-ASCII passes through)."""
     return value.translate(_TAG_ESCAPES)
 
 
@@ -380,6 +386,7 @@ def _attach_writes(layout: _Layout, thread: _Thread, keys: Sequence[str]) -> boo
 
 
 def _version(raw: Any) -> int | None:
+    """An integer field as read (None when absent or not a number)."""
     try:
         return int(raw) if raw is not None else None
     except (TypeError, ValueError):
@@ -387,6 +394,7 @@ def _version(raw: Any) -> int | None:
 
 
 def _detailed_doc(row: Row) -> _Doc:
+    """A checkpoint from its field-by-field row (metadata parsed: parents, delta counters)."""
     meta_raw = row.get("metadata")
     meta = json.loads(meta_raw) if isinstance(meta_raw, str) and meta_raw else {}
     stored_ns = row.get("checkpoint_ns") or ""
