@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -20,7 +21,15 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from langgraph_retention import PruneReport, RetentionPolicy, prune_thread, stats, sweep
+from langgraph_retention import (
+    PruneReport,
+    RetentionPolicy,
+    aprune_thread,
+    astats,
+    prune_thread,
+    stats,
+    sweep,
+)
 from langgraph_retention.backends import postgres as pg_backend
 from langgraph_retention.backends.postgres import PostgresUnavailableError
 from langgraph_retention.demo import SEED_THREAD_ID, chat
@@ -369,7 +378,15 @@ def test_dry_run_deletes_nothing_and_predicts_the_exact_counts(
     assert dry.deleted_blobs > 0
 
 
-ODD_IDS = [SEED_THREAD_ID, "wang1", "a/b c", "客服:会话 7", "ü :/:x", "tab\tand 'quote'"]
+ODD_IDS = [
+    SEED_THREAD_ID,
+    "wang1",
+    "a/b c",
+    "客服:会话 7",
+    "ü :/:x",
+    "tab\tand 'quote'",
+    'back\\slash "double" {braces},comma',
+]
 
 
 def test_thread_ids_with_separators_and_unicode_are_pruned_exactly(
@@ -453,14 +470,23 @@ def test_pooled_and_pipelined_savers_are_pruned(
     chat(graph, "t", 1)  # the saver's connection is still fine for the app
 
 
-async def test_async_saver_on_a_pool_is_pruned(
-    postgres_saver: PostgresSaver, postgres_url: str
-) -> None:
-    from langgraph_retention import aprune_thread, astats
+@asynccontextmanager
+async def async_saver_on(kind: str, url: str) -> AsyncIterator[AsyncPostgresSaver]:
+    """An `AsyncPostgresSaver` on an `AsyncConnectionPool`, or on a pipelined connection."""
+    if kind == "pool":
+        kwargs = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+        async with AsyncConnectionPool(url, kwargs=kwargs, open=False) as pool:
+            yield AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+    else:
+        async with AsyncPostgresSaver.from_conn_string(url, pipeline=True) as saver:
+            yield saver
 
-    kwargs = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
-    async with AsyncConnectionPool(postgres_url, kwargs=kwargs, open=False) as pool:
-        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+
+@pytest.mark.parametrize("kind", ["pool", "pipeline"])
+async def test_async_savers_on_a_pool_or_a_pipeline_are_pruned(
+    kind: str, postgres_saver: PostgresSaver, postgres_url: str
+) -> None:
+    async with async_saver_on(kind, postgres_url) as saver:
         graph = build_agent(saver)
         for i in range(3):
             await graph.ainvoke({"messages": [("user", f"turn {i}")]}, config("t"))
@@ -471,6 +497,7 @@ async def test_async_saver_on_a_pool_is_pruned(
         assert report.ok and report.deleted_blobs > 0
         assert await graph.aget_state(config("t")) == before
         assert (await astats(saver)).threads["t"].checkpoints == 1
+        await graph.ainvoke({"messages": [("user", "again")]}, config("t"))
 
 
 def test_unreachable_server_is_a_clear_error() -> None:

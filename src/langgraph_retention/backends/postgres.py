@@ -31,6 +31,7 @@ from collections.abc import (
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from functools import partial
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import psycopg
@@ -63,7 +64,7 @@ class PostgresUnavailableError(RetentionError, ConnectionError):
 
 # -- statements ---------------------------------------------------------------------------
 # Thread ids travel as one text[] parameter (`= ANY`), doomed checkpoints as three parallel
-# arrays, all in binary (`%b`: no per-element quoting). Statements run unprepared, so the
+# arrays, each sent as one array literal (`_text_array`). Statements run unprepared, so the
 # planner sees the real array sizes.
 
 # READ COMMITTED on purpose: each statement sees what committed before it started, so the
@@ -87,7 +88,7 @@ SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id,
             ELSE false
        END
 FROM checkpoints c
-WHERE c.thread_id = ANY(%(threads)b)
+WHERE c.thread_id = ANY(%(threads)s::text[])
 """
 
 # Only for threads that use a DeltaChannel: per checkpoint, which of those channels have a
@@ -105,15 +106,15 @@ SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id,
        ), '{}')
 FROM checkpoints c
 LEFT JOIN LATERAL jsonb_each_text(c.checkpoint -> 'channel_versions') AS v
-       ON v.key = ANY(%(channels)b)
-WHERE c.thread_id = ANY(%(threads)b)
+       ON v.key = ANY(%(channels)s::text[])
+WHERE c.thread_id = ANY(%(threads)s::text[])
 GROUP BY c.thread_id, c.checkpoint_ns, c.checkpoint_id
 """
 
 _DOOMED_CTE = """
 doomed AS MATERIALIZED (
-    SELECT * FROM unnest(%(doomed_threads)b::text[], %(doomed_ns)b::text[],
-                         %(doomed_ids)b::text[]) AS d(thread_id, checkpoint_ns, checkpoint_id)
+    SELECT * FROM unnest(%(doomed_threads)s::text[], %(doomed_ns)s::text[],
+                         %(doomed_ids)s::text[]) AS d(thread_id, checkpoint_ns, checkpoint_id)
 )"""
 
 _CHECKPOINT_SIZE = "pg_column_size(c.checkpoint) + pg_column_size(c.metadata)"
@@ -126,31 +127,30 @@ def _matches(a: str, b: str, columns: tuple[str, ...]) -> str:
 _CHECKPOINT_KEY = ("thread_id", "checkpoint_ns", "checkpoint_id")
 _BLOB_KEY = ("thread_id", "checkpoint_ns", "channel", "version")
 
-# Blob keys a doomed checkpoint references (`freed`) and those every other checkpoint of
-# the batch references (`still_used`): the statement's snapshot is taken after the index
-# was read, so a checkpoint committed since then counts as a reference too. A blob no
-# doomed checkpoint references (say, one a run saved ahead of its checkpoint) is no
-# candidate at all. SRFs in the select list (ProjectSet) expand jsonb fastest.
-_REFERENCE_CTES = f"""
-freed AS (
-    SELECT s.thread_id, s.checkpoint_ns, (s.e).key AS channel, (s.e).value AS version
-    FROM (SELECT thread_id, checkpoint_ns, jsonb_each_text(versions) AS e FROM gone) AS s
-),
-still_used AS (
-    SELECT s.thread_id, s.checkpoint_ns, (s.e).key AS channel, (s.e).value AS version
+# A blob is garbage when a doomed checkpoint references it and no other checkpoint of its
+# (thread, namespace) does. `refs` expands every checkpoint of the batch's threads in the
+# statement's snapshot, taken after the index was read: a checkpoint a run committed since
+# counts as a reference, and a blob no checkpoint references yet (one a run saved ahead
+# of its checkpoint) is never a candidate. Hash joins against the exact-sized `doomed`
+# and a spillable aggregate keep the plan linear however skewed the threads are; SRFs in
+# the select list (ProjectSet) expand jsonb fastest.
+_GARBAGE_CTES = f"""
+refs AS (
+    SELECT s.thread_id, s.checkpoint_ns, (s.e).key AS channel, (s.e).value AS version,
+           s.doomed
     FROM (
         SELECT c.thread_id, c.checkpoint_ns,
-               jsonb_each_text(c.checkpoint -> 'channel_versions') AS e
-        FROM checkpoints c
-        WHERE c.thread_id = ANY(%(threads)b)
-          AND NOT EXISTS (SELECT 1 FROM doomed d WHERE {_matches("d", "c", _CHECKPOINT_KEY)})
+               jsonb_each_text(c.checkpoint -> 'channel_versions') AS e,
+               d.checkpoint_id IS NOT NULL AS doomed
+        FROM checkpoints c LEFT JOIN doomed d ON {_matches("d", "c", _CHECKPOINT_KEY)}
+        WHERE c.thread_id = ANY(%(threads)s::text[])
     ) AS s
+),
+garbage AS (
+    SELECT thread_id, checkpoint_ns, channel, version FROM refs
+    GROUP BY thread_id, checkpoint_ns, channel, version
+    HAVING bool_and(doomed)
 )"""
-
-_GARBAGE_WHERE = f"""
-    b.thread_id = ANY(%(threads)b)
-    AND EXISTS (SELECT 1 FROM freed f WHERE {_matches("f", "b", _BLOB_KEY)})
-    AND NOT EXISTS (SELECT 1 FROM still_used u WHERE {_matches("u", "b", _BLOB_KEY)})"""
 
 _TOTALS_SELECT = """
 SELECT 'checkpoints', thread_id, count(*), coalesce(sum(size), 0) FROM gone GROUP BY thread_id
@@ -161,25 +161,25 @@ SELECT 'blobs', thread_id, count(*), coalesce(sum(size), 0) FROM gone_blobs GROU
 """
 
 # One statement deletes the doomed checkpoints, their writes (which may commit before
-# their checkpoint: they go by the ids deleted, never by "all but the kept") and the blobs
-# only doomed checkpoints referenced, and counts what went (rows, on-disk bytes) per thread.
+# their checkpoint: they go by the ids deleted, never by "all but the kept") and the
+# garbage blobs, and counts what went (rows, on-disk bytes) per thread. The blob table is
+# only reached through `garbage`, so a big table is probed by primary key, never scanned.
 PRUNE_SQL = f"""
 WITH {_DOOMED_CTE},
 gone AS (
     DELETE FROM checkpoints c USING doomed d
     WHERE {_matches("d", "c", _CHECKPOINT_KEY)}
-    RETURNING c.thread_id, c.checkpoint_ns, c.checkpoint -> 'channel_versions' AS versions,
-              {_CHECKPOINT_SIZE} AS size
+    RETURNING c.thread_id, {_CHECKPOINT_SIZE} AS size
 ),
 gone_writes AS (
     DELETE FROM checkpoint_writes w USING doomed d
     WHERE {_matches("d", "w", _CHECKPOINT_KEY)}
     RETURNING w.thread_id, pg_column_size(w.blob) AS size
 ),
-{_REFERENCE_CTES},
+{_GARBAGE_CTES},
 gone_blobs AS (
-    DELETE FROM checkpoint_blobs b
-    WHERE {_GARBAGE_WHERE}
+    DELETE FROM checkpoint_blobs b USING garbage x
+    WHERE {_matches("x", "b", _BLOB_KEY)}
     RETURNING b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
 )
 {_TOTALS_SELECT}
@@ -188,20 +188,18 @@ gone_blobs AS (
 # PRUNE_SQL with every DELETE turned into the SELECT of the same rows.
 DRY_RUN_SQL = f"""
 WITH {_DOOMED_CTE},
-gone AS MATERIALIZED (
-    SELECT c.thread_id, c.checkpoint_ns, c.checkpoint -> 'channel_versions' AS versions,
-           {_CHECKPOINT_SIZE} AS size
+gone AS (
+    SELECT c.thread_id, {_CHECKPOINT_SIZE} AS size
     FROM checkpoints c JOIN doomed d ON {_matches("d", "c", _CHECKPOINT_KEY)}
 ),
-gone_writes AS MATERIALIZED (
+gone_writes AS (
     SELECT w.thread_id, pg_column_size(w.blob) AS size
     FROM checkpoint_writes w JOIN doomed d ON {_matches("d", "w", _CHECKPOINT_KEY)}
 ),
-{_REFERENCE_CTES},
-gone_blobs AS MATERIALIZED (
+{_GARBAGE_CTES},
+gone_blobs AS (
     SELECT b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
-    FROM checkpoint_blobs b
-    WHERE {_GARBAGE_WHERE}
+    FROM checkpoint_blobs b JOIN garbage x ON {_matches("x", "b", _BLOB_KEY)}
 )
 {_TOTALS_SELECT}
 """
@@ -221,15 +219,15 @@ STATS_SQL = f"""
 WITH cp AS (
     SELECT c.thread_id, count(*) AS checkpoints, sum({_CHECKPOINT_SIZE}) AS size,
            max(c.checkpoint_id) AS newest, count(DISTINCT c.checkpoint_ns) AS namespaces
-    FROM checkpoints c WHERE c.thread_id = ANY(%(threads)b) GROUP BY c.thread_id
+    FROM checkpoints c WHERE c.thread_id = ANY(%(threads)s::text[]) GROUP BY c.thread_id
 ),
 wr AS (
     SELECT thread_id, count(*) AS writes, sum(pg_column_size(blob)) AS size
-    FROM checkpoint_writes WHERE thread_id = ANY(%(threads)b) GROUP BY thread_id
+    FROM checkpoint_writes WHERE thread_id = ANY(%(threads)s::text[]) GROUP BY thread_id
 ),
 bl AS (
     SELECT thread_id, coalesce(sum(pg_column_size(blob)), 0) AS size
-    FROM checkpoint_blobs WHERE thread_id = ANY(%(threads)b) GROUP BY thread_id
+    FROM checkpoint_blobs WHERE thread_id = ANY(%(threads)s::text[]) GROUP BY thread_id
 )
 SELECT cp.thread_id, cp.checkpoints, cp.newest, cp.namespaces,
        coalesce(wr.writes, 0) AS writes,
@@ -246,40 +244,49 @@ RETRY_BASE_DELAY = 0.05
 RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 
 R = TypeVar("R")
+
+
 Rows = list[tuple[Any, ...]]
 #: (sql, params, whether rows come back)
 Statement = tuple[str, Mapping[str, Any], bool]
 Program = Generator[Statement, Rows, R]
 DeltaFacts = Mapping[tuple[str, str, str], tuple[list[str], list[str]]]
 
+_NO_NEEDS: frozenset[str] = frozenset()
+_NO_PARENTS: Mapping[str, str] = MappingProxyType({})
+
+
+def _text_array(values: Sequence[str]) -> str:
+    """A text[] literal of `values`, built with C-speed joins: psycopg's array dumpers walk
+    the list in Python, which costs more than the statement on a batch of thousands."""
+    joined = '","'.join(values)
+    if "\\" in joined or joined.count('"') != 2 * max(len(values) - 1, 0):
+        joined = '","'.join(v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
+    return '{"' + joined + '"}' if values else "{}"
+
 
 # -- programs: the decisions, shared by both drivers ------------------------------------
 
 
-def _entries(rows: Rows, delta: DeltaFacts) -> dict[str, list[CheckpointEntry]]:
+def _entries(rows: Rows, delta: DeltaFacts | None) -> dict[str, list[CheckpointEntry]]:
     """Each thread's index (INDEX_SQL rows) as `CheckpointEntry`s, DeltaChannel needs
-    resolved from DELTA_SQL's facts."""
-    names_by_ns: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for tid, ns, _cid, _parent, _parents, names, _sends in rows:
-        if names:
-            names_by_ns[(tid, ns)].update(names)
+    resolved from DELTA_SQL's facts (None: no thread of the batch uses a DeltaChannel)."""
+    names_by_ns: dict[tuple[str, str], set[str]] = {}
+    facts = delta if delta is not None else {}
+    if delta is not None:
+        for tid, ns, _cid, _parent, _parents, names, _sends in rows:
+            if names:
+                names_by_ns.setdefault((tid, ns), set()).update(names)
     by_thread: dict[str, list[CheckpointEntry]] = defaultdict(list)
     for tid, ns, cid, parent, parents, _names, sends in rows:
-        needs: frozenset[str] = frozenset()
-        if names_by_ns and (names := names_by_ns.get((tid, ns))):
+        needs = _NO_NEEDS
+        if names_by_ns and (channels := names_by_ns.get((tid, ns))):
             # Gone since the index was read (a concurrent prune): take it as needing
             # every channel, which can only keep more.
-            versioned, stored = delta.get((tid, ns, cid), (list(names), []))
-            needs = delta_needs(names, versioned, stored)
+            versioned, stored = facts.get((tid, ns, cid), (list(channels), []))
+            needs = delta_needs(channels, versioned, stored)
         by_thread[tid].append(
-            CheckpointEntry(
-                checkpoint_ns=ns,
-                checkpoint_id=cid,
-                parent_id=parent,
-                parents=parents or {},
-                delta_needs=needs,
-                sends_parent=sends,
-            )
+            CheckpointEntry(ns, cid, parent, parents or _NO_PARENTS, needs, sends)
         )
     return by_thread
 
@@ -290,11 +297,15 @@ def _prune_program(
     """Read the batch's index, plan each thread, delete (or count, in a dry run), report."""
     threads = list(thread_ids)
     yield ISOLATION_SQL, {}, False
-    rows = yield INDEX_SQL, {"threads": threads}, True
+    rows = yield INDEX_SQL, {"threads": _text_array(threads)}, True
 
-    delta: dict[tuple[str, str, str], tuple[list[str], list[str]]] = {}
+    delta: dict[tuple[str, str, str], tuple[list[str], list[str]]] | None = None
     if channels := sorted({name for r in rows if r[5] for name in r[5]}):
-        params = {"threads": sorted({r[0] for r in rows if r[5]}), "channels": channels}
+        delta = {}
+        params = {
+            "threads": _text_array(sorted({r[0] for r in rows if r[5]})),
+            "channels": _text_array(channels),
+        }
         for tid, ns, cid, versioned, stored in (yield DELTA_SQL, params, True):
             delta[(tid, ns, cid)] = (versioned, stored)
 
@@ -315,10 +326,10 @@ def _prune_program(
 
     if doomed[2]:
         params = {
-            "threads": sorted(set(doomed[0])),
-            "doomed_threads": doomed[0],
-            "doomed_ns": doomed[1],
-            "doomed_ids": doomed[2],
+            "threads": _text_array(sorted(set(doomed[0]))),
+            "doomed_threads": _text_array(doomed[0]),
+            "doomed_ns": _text_array(doomed[1]),
+            "doomed_ids": _text_array(doomed[2]),
         }
         for kind, tid, n, size in (yield (DRY_RUN_SQL if dry_run else PRUNE_SQL), params, True):
             result = results[tid]
@@ -337,7 +348,7 @@ def _stats_program(thread_ids: Sequence[str]) -> Program[list[tuple[str, ThreadS
     for tid, checkpoints, newest, namespaces, writes, size in (
         yield (
             STATS_SQL,
-            {"threads": list(thread_ids)},
+            {"threads": _text_array(thread_ids)},
             True,
         )
     ):
@@ -435,11 +446,14 @@ class PostgresBackend(Backend):
                 yield cur
             return
         with self.saver._cursor() as saver_cur:
-            if self.saver.pipe is not None:
+            pipe = self.saver.pipe
+            if pipe is not None:
                 # A transaction must start clean, not take in what the pipeline queued.
-                self.saver.pipe.sync()
+                pipe.sync()
             with saver_cur.connection.cursor(binary=True, row_factory=tuple_row) as cur:
                 yield cur
+            if pipe is not None:
+                pipe.sync()  # end the implicit transaction our reads opened in the pipeline
 
     def _exec(self, make: Callable[[], Program[R]], *, write: bool) -> R:
         """Run a program in one transaction (reads on an autocommit connection run bare),
@@ -502,10 +516,13 @@ class AsyncPostgresBackend(Backend):
                 yield cur
             return
         async with self.saver._cursor() as saver_cur:
-            if self.saver.pipe is not None:
-                await self.saver.pipe.sync()
+            pipe = self.saver.pipe
+            if pipe is not None:
+                await pipe.sync()
             async with saver_cur.connection.cursor(binary=True, row_factory=tuple_row) as cur:
                 yield cur
+            if pipe is not None:
+                await pipe.sync()
 
     async def _aexec(self, make: Callable[[], Program[R]], *, write: bool) -> R:
         """`PostgresBackend._exec` on asyncio."""
