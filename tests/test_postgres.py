@@ -127,13 +127,22 @@ def test_blobs_kept_checkpoints_reference_remain(
 ) -> None:
     graph = build_agent(postgres_saver)
     chat(graph, "t", 6)
-    kept = history_ids(graph, "t")[:3]
+    # The newest 5 start with a turn's input checkpoint, which shares its `messages` blob
+    # with the previous turn's last checkpoint: a blob both a kept and a deleted one use.
+    kept = history_ids(graph, "t")[:5]
     needed = set(
         sql(postgres_url, REFERENCED_BLOB_KEYS_SQL + " WHERE c.checkpoint_id = ANY(%s)", (kept,))
     )
-    assert needed
+    shared = set(
+        sql(
+            postgres_url,
+            REFERENCED_BLOB_KEYS_SQL + " WHERE c.checkpoint_id = ANY(%s)",
+            (history_ids(graph, "t")[5:],),
+        )
+    )
+    assert needed & shared
 
-    prune_thread(postgres_saver, "t", RetentionPolicy(keep_last=3))
+    prune_thread(postgres_saver, "t", RetentionPolicy(keep_last=5))
 
     assert needed <= set(sql(postgres_url, BLOB_KEYS_SQL))
     assert history_ids(graph, "t") == kept
@@ -509,6 +518,17 @@ def test_unreachable_server_is_a_clear_error() -> None:
 
         with pytest.raises(PostgresUnavailableError, match=rf"127\.0\.0\.1:{port}.*unreachable"):
             prune_thread(saver, "t", RetentionPolicy(keep_last=1))
+
+
+async def test_unreachable_server_is_a_clear_error_on_the_async_saver() -> None:
+    port = free_port()
+    async with AsyncConnectionPool(
+        f"postgresql://postgres@127.0.0.1:{port}/postgres", min_size=1, timeout=1.0, open=False
+    ) as pool:
+        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+
+        with pytest.raises(PostgresUnavailableError, match=rf"127\.0\.0\.1:{port}"):
+            await aprune_thread(saver, "t", RetentionPolicy(keep_last=1))
 
 
 def test_a_dropped_connection_is_a_clear_error(

@@ -131,7 +131,8 @@ _BLOB_KEY = ("thread_id", "checkpoint_ns", "channel", "version")
 # (thread, namespace) does. `refs` expands every checkpoint of the batch's threads in the
 # statement's snapshot, taken after the index was read: a checkpoint a run committed since
 # counts as a reference, and a blob no checkpoint references yet (one a run saved ahead
-# of its checkpoint) is never a candidate. Hash joins against the exact-sized `doomed`
+# of its checkpoint) is never a candidate. Only channels with blob rows in these threads
+# are expanded (inline values have none). Hash joins against the exact-sized `doomed`
 # and a spillable aggregate keep the plan linear however skewed the threads are; SRFs in
 # the select list (ProjectSet) expand jsonb fastest.
 _GARBAGE_CTES = f"""
@@ -145,6 +146,9 @@ refs AS (
         FROM checkpoints c LEFT JOIN doomed d ON {_matches("d", "c", _CHECKPOINT_KEY)}
         WHERE c.thread_id = ANY(%(threads)s::text[])
     ) AS s
+    WHERE (s.e).key = ANY(ARRAY(
+        SELECT DISTINCT channel FROM checkpoint_blobs WHERE thread_id = ANY(%(threads)s::text[])
+    ))
 ),
 garbage AS (
     SELECT thread_id, checkpoint_ns, channel, version FROM refs
@@ -244,8 +248,6 @@ RETRY_BASE_DELAY = 0.05
 RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 
 R = TypeVar("R")
-
-
 Rows = list[tuple[Any, ...]]
 #: (sql, params, whether rows come back)
 Statement = tuple[str, Mapping[str, Any], bool]
@@ -393,23 +395,26 @@ def _server(conn: Any) -> str:
     return f"{host}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
 
 
-def _unavailable(exc: Exception, conn: Any) -> PostgresUnavailableError | None:
-    """The error to raise instead of `exc` when it says the server is out of reach."""
+def _unavailable(exc: Exception, saver_conn: Any, used: Any) -> PostgresUnavailableError | None:
+    """The error to raise instead of `exc` when it says the server is out of reach:
+    no pooled connection came, the connection we used (None: we got none) is closed or
+    broken, or the server reported a connection failure or its shutdown."""
     if isinstance(exc, PoolTimeout):
         reason = "no pooled connection could be opened"
     elif isinstance(exc, psycopg.OperationalError) and (
-        exc.sqlstate is None or exc.sqlstate.startswith("08") or exc.sqlstate.startswith("57P")
+        used is None or used.closed or used.broken or (exc.sqlstate or "").startswith(("08", "57P"))
     ):
         reason = "the connection failed"
     else:
         return None
     return PostgresUnavailableError(
-        f"PostgreSQL at {_server(conn)} is unreachable ({reason}: {exc}); "
+        f"PostgreSQL at {_server(saver_conn)} is unreachable ({reason}: {exc}); "
         "the operation did not complete"
     )
 
 
 def _drive(cur: Cursor[TupleRow], program: Program[R]) -> R:
+    """Execute each statement a program yields, send it the rows, return its result."""
     try:
         sql, params, fetch = next(program)
         while True:
@@ -420,6 +425,7 @@ def _drive(cur: Cursor[TupleRow], program: Program[R]) -> R:
 
 
 async def _adrive(cur: AsyncCursor[TupleRow], program: Program[R]) -> R:
+    """`_drive` on asyncio."""
     try:
         sql, params, fetch = next(program)
         while True:
@@ -460,9 +466,10 @@ class PostgresBackend(Backend):
         retrying the whole of it on a deadlock or a serialization failure."""
         attempt = 1
         while True:
+            conn: Connection[Any] | None = None
             try:
                 with self._cursor() as cur:
-                    conn: Connection[Any] = cur.connection
+                    conn = cur.connection
                     if write or not conn.autocommit:
                         with conn.transaction():
                             return _drive(cur, make())
@@ -471,7 +478,7 @@ class PostgresBackend(Backend):
                 if attempt >= MAX_ATTEMPTS:
                     raise
             except (psycopg.OperationalError, PoolTimeout) as exc:
-                if (unavailable := _unavailable(exc, self.saver.conn)) is not None:
+                if (unavailable := _unavailable(exc, self.saver.conn, conn)) is not None:
                     raise unavailable from exc
                 raise
             time.sleep(_retry_delay(attempt))
@@ -528,9 +535,10 @@ class AsyncPostgresBackend(Backend):
         """`PostgresBackend._exec` on asyncio."""
         attempt = 1
         while True:
+            conn: AsyncConnection[Any] | None = None
             try:
                 async with self._cursor() as cur:
-                    conn: AsyncConnection[Any] = cur.connection
+                    conn = cur.connection
                     if write or not conn.autocommit:
                         async with conn.transaction():
                             return await _adrive(cur, make())
@@ -539,7 +547,7 @@ class AsyncPostgresBackend(Backend):
                 if attempt >= MAX_ATTEMPTS:
                     raise
             except (psycopg.OperationalError, PoolTimeout) as exc:
-                if (unavailable := _unavailable(exc, self.saver.conn)) is not None:
+                if (unavailable := _unavailable(exc, self.saver.conn, conn)) is not None:
                     raise unavailable from exc
                 raise
             await asyncio.sleep(_retry_delay(attempt))
