@@ -121,6 +121,7 @@ _CHECKPOINT_SIZE = "pg_column_size(c.checkpoint) + pg_column_size(c.metadata)"
 
 
 def _matches(a: str, b: str, columns: tuple[str, ...]) -> str:
+    """SQL equating `columns` of the tables aliased `a` and `b`."""
     return " AND ".join(f"{a}.{col} = {b}.{col}" for col in columns)
 
 
@@ -346,6 +347,7 @@ def _prune_program(
 
 
 def _stats_program(thread_ids: Sequence[str]) -> Program[list[tuple[str, ThreadStats]]]:
+    """Per-thread counts and on-disk bytes, aggregated by the server in one statement."""
     found: dict[str, ThreadStats] = {}
     for tid, checkpoints, newest, namespaces, writes, size in (
         yield (
