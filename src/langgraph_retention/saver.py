@@ -46,6 +46,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
+from langgraph_retention._validate import check_int
 from langgraph_retention.backends import resolve_backend
 from langgraph_retention.engine import aprune_thread, asweep, prune_thread, sweep
 from langgraph_retention.errors import RetentionError
@@ -161,14 +162,6 @@ class _PutCounter:
             return False
 
 
-def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
-    return value
-
-
 def _overrides(saver_type: type, name: str) -> bool:
     return getattr(saver_type, name, None) is not getattr(BaseCheckpointSaver, name)
 
@@ -260,12 +253,12 @@ class RetainingSaver(BaseCheckpointSaver[Any]):
                 raise ValueError("threshold= is for mode='background'; inline mode uses every=")
             if pruner is not None:
                 raise ValueError("pruner= is for mode='background'")
-            trigger = _check_count("every", DEFAULT_EVERY if every is None else every)
+            trigger = check_int("every", DEFAULT_EVERY if every is None else every, 1)
         else:
             if every is not None:
                 raise ValueError("every= is for mode='inline'; background mode uses threshold=")
-            trigger = _check_count(
-                "threshold", DEFAULT_THRESHOLD if threshold is None else threshold
+            trigger = check_int(
+                "threshold", DEFAULT_THRESHOLD if threshold is None else threshold, 1
             )
         resolve_backend(saver)  # UnsupportedSaverError (a TypeError) names what works
         self._saver = saver
@@ -273,7 +266,7 @@ class RetainingSaver(BaseCheckpointSaver[Any]):
         self.mode: Mode = mode
         #: Puts to a thread between two prunes (inline) or hand-offs (background).
         self.trigger = trigger
-        self._counter = _PutCounter(_check_count("max_tracked_threads", max_tracked_threads))
+        self._counter = _PutCounter(check_int("max_tracked_threads", max_tracked_threads, 1))
         self._stats_lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(
             ("pruned", "failed", "deleted_checkpoints", "handed_off", "dropped"), 0

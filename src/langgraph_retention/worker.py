@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
+from langgraph_retention._validate import check_int, check_seconds
 from langgraph_retention.backends import resolve_backend
 from langgraph_retention.engine import aprune_thread, prune_thread
 from langgraph_retention.errors import RetentionError
@@ -101,22 +102,6 @@ class PrunerCounters:
     lag: float = 0.0
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _check_seconds(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must not be negative, got {value}")
-    return float(value)
-
-
 class BackgroundPruner:
     """Prunes requested threads of `saver` to `policy` in the background.
 
@@ -154,10 +139,10 @@ class BackgroundPruner:
                 "policy must be a RetentionPolicy, e.g. RetentionPolicy(keep_last=10); "
                 f"got {type(policy).__name__}"
             )
-        self.maxsize = _check_int("maxsize", maxsize, 1)
-        self.retries = _check_int("retries", retries, 0)
-        self.backoff = _check_seconds("backoff", backoff)
-        self.max_backoff = _check_seconds("max_backoff", max_backoff)
+        self.maxsize = check_int("maxsize", maxsize, 1)
+        self.retries = check_int("retries", retries, 0)
+        self.backoff = check_seconds("backoff", backoff)
+        self.max_backoff = check_seconds("max_backoff", max_backoff)
         if self.max_backoff < self.backoff:
             raise ValueError(
                 f"max_backoff ({self.max_backoff}) must not be less than backoff ({self.backoff})"
