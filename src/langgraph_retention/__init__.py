@@ -12,13 +12,16 @@ from langgraph_retention.engine import (
 from langgraph_retention.errors import DeltaChannelError, RetentionError, UnsupportedSaverError
 from langgraph_retention.policy import RetentionPolicy
 from langgraph_retention.report import PruneReport, Stats, ThreadResult, ThreadStats
-from langgraph_retention.saver import RetainingSaver
-from langgraph_retention.worker import BackgroundPruner
+from langgraph_retention.saver import PruneError, RetainingCounters, RetainingSaver
+from langgraph_retention.worker import BackgroundPruner, PrunerCounters
 
 __all__ = [
     "BackgroundPruner",
     "DeltaChannelError",
+    "PruneError",
     "PruneReport",
+    "PrunerCounters",
+    "RetainingCounters",
     "RetainingSaver",
     "RetentionError",
     "RetentionPolicy",
