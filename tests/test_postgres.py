@@ -170,22 +170,55 @@ def test_kept_checkpoint_rows_are_not_modified(
     assert oldest_kept is not None and oldest_kept.parent_config is not None  # parent id kept
 
 
-def test_a_blob_saved_ahead_of_its_checkpoint_survives(
+def test_a_run_in_flight_keeps_its_checkpoints_and_blobs(
+    postgres_saver: PostgresSaver, postgres_url: str
+) -> None:
+    graph = build_agent(postgres_saver)
+    chat(graph, "t", 3)
+    with psycopg.connect(postgres_url, row_factory=dict_row, prepare_threshold=0) as run_conn:
+        # A turn whose checkpoints and blobs are written but not committed yet.
+        in_flight = build_agent(PostgresSaver(run_conn))
+        chat(in_flight, "t", 1)
+        expected = in_flight.get_state(config("t")).values
+
+        prune_thread(postgres_saver, "t", RetentionPolicy(keep_last=1))
+        run_conn.commit()
+
+    assert graph.get_state(config("t")).values == expected
+    assert scalar(postgres_url, UNREFERENCED_BLOBS_SQL) == 0
+
+
+def test_blobs_orphaned_by_an_earlier_cleanup_go_with_the_prune(
     postgres_saver: PostgresSaver, postgres_url: str
 ) -> None:
     chat(build_agent(postgres_saver), "t", 3)
-    # A run saves a new channel version's blob; its checkpoint row is not committed yet.
-    ahead = ("t", "", "messages", "99999999999999999999999999999999.0.5")
+    # What the seed's cleanup leaves: blobs of checkpoints deleted one by one.
     sql(
         postgres_url,
-        "INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob) "
-        "VALUES (%s, %s, %s, %s, 'msgpack', '\\x90')",
-        ahead,
+        "DELETE FROM checkpoints WHERE checkpoint_id = "
+        "(SELECT min(checkpoint_id) FROM checkpoints WHERE thread_id = 't')",
+    )
+    assert scalar(postgres_url, UNREFERENCED_BLOBS_SQL) > 0
+
+    prune_thread(postgres_saver, "t", RetentionPolicy(keep_last=2))
+
+    assert scalar(postgres_url, UNREFERENCED_BLOBS_SQL) == 0
+
+
+def test_the_saver_commits_every_blob_with_a_checkpoint_of_its_thread(
+    postgres_saver: PostgresSaver, postgres_url: str
+) -> None:
+    # The blob statement relies on this: a blob is never visible before its checkpoint.
+    chat(build_agent(postgres_saver), "t", 3)
+
+    lonely = scalar(
+        postgres_url,
+        """SELECT count(*) FROM checkpoint_blobs b WHERE NOT EXISTS (
+               SELECT 1 FROM checkpoints c WHERE c.thread_id = b.thread_id
+               AND c.checkpoint_ns = b.checkpoint_ns AND c.xmin = b.xmin)""",
     )
 
-    prune_thread(postgres_saver, "t", RetentionPolicy(keep_last=1))
-
-    assert ahead in set(sql(postgres_url, BLOB_KEYS_SQL))
+    assert lonely == 0
 
 
 def test_writes_saved_ahead_of_their_checkpoint_survive(
@@ -315,25 +348,41 @@ def test_retries_give_up_and_delete_nothing(
     postgres_saver: PostgresSaver, postgres_url: str, failing_deletes: Any
 ) -> None:
     chat(build_agent(postgres_saver), "t", 3)
-    before = scalar(postgres_url, TABLE_COUNTS_SQL)
+    before = sql(postgres_url, TABLE_COUNTS_SQL)
     failing_deletes(times=100)
 
     with pytest.raises(psycopg.errors.SerializationFailure):
         prune_thread(postgres_saver, "t", RetentionPolicy(keep_last=1))
 
     assert scalar(postgres_url, "SELECT last_value FROM lgr_fail_seq") == pg_backend.MAX_ATTEMPTS
-    assert scalar(postgres_url, TABLE_COUNTS_SQL) == before
+    assert sql(postgres_url, TABLE_COUNTS_SQL) == before
+
+
+def test_a_failed_blob_delete_takes_back_the_checkpoint_delete(
+    postgres_saver: PostgresSaver, postgres_url: str, failing_deletes: Any
+) -> None:
+    chat(build_agent(postgres_saver), "t", 3)
+    before = sql(postgres_url, TABLE_COUNTS_SQL)
+    failing_deletes(times=100, table="checkpoint_blobs")
+
+    with pytest.raises(psycopg.errors.SerializationFailure):
+        prune_thread(postgres_saver, "t", RetentionPolicy(keep_last=1))
+
+    assert sql(postgres_url, TABLE_COUNTS_SQL) == before
 
 
 @pytest.fixture
 def failing_deletes(postgres_url: str) -> Iterator[Any]:
-    """Make the server fail the next N checkpoint DELETEs with a serialization failure.
+    """Make the server fail the next N DELETEs on `table` with a serialization failure.
 
     A statement trigger counts with a sequence (not rolled back with the transaction) and
     raises SQLSTATE 40001, exactly what Postgres reports when another transaction wins.
     """
 
-    def install(times: int) -> None:
+    tables: list[str] = []
+
+    def install(times: int, table: str = "checkpoints") -> None:
+        tables.append(table)
         sql(postgres_url, "CREATE SEQUENCE lgr_fail_seq")
         sql(
             postgres_url,
@@ -348,12 +397,13 @@ def failing_deletes(postgres_url: str) -> Iterator[Any]:
         )
         sql(
             postgres_url,
-            "CREATE TRIGGER lgr_fail BEFORE DELETE ON checkpoints "
+            f"CREATE TRIGGER lgr_fail BEFORE DELETE ON {table} "
             "FOR EACH STATEMENT EXECUTE FUNCTION lgr_fail()",
         )
 
     yield install
-    sql(postgres_url, "DROP TRIGGER IF EXISTS lgr_fail ON checkpoints")
+    for table in tables:
+        sql(postgres_url, f"DROP TRIGGER IF EXISTS lgr_fail ON {table}")
     sql(postgres_url, "DROP FUNCTION IF EXISTS lgr_fail()")
     sql(postgres_url, "DROP SEQUENCE IF EXISTS lgr_fail_seq")
 

@@ -13,6 +13,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import NamedTuple
 
 from langgraph_retention.errors import DeltaChannelError
 
@@ -62,20 +64,20 @@ class RetentionPolicy:
             )
 
 
-@dataclass(frozen=True, slots=True)
-class CheckpointEntry:
+class CheckpointEntry(NamedTuple):
     """One checkpoint as the policy sees it: identity, lineage, and load dependencies.
 
     `delta_needs` are the DeltaChannel channels whose value at this checkpoint is rebuilt
     from ancestors' writes (a version but no stored value); a walk for a channel stops at
     the first ancestor that does not need it (it stores the value, or the channel had no
     writes yet). `sends_parent` says loading it reads its parent's pending sends (< v4).
+    A named tuple: immutable, and cheap to build by the thousand from an index read.
     """
 
     checkpoint_ns: str
     checkpoint_id: str
     parent_id: str | None = None
-    parents: Mapping[str, str] = field(default_factory=dict)
+    parents: Mapping[str, str] = MappingProxyType({})
     delta_needs: frozenset[str] = frozenset()
     sends_parent: bool = False
 

@@ -2,11 +2,12 @@
 
 The transaction reads the batch's checkpoint index in one statement (ids, parents and a
 few metadata facts; state is never deserialized), lets `policy.plan_thread` decide each
-thread on its own rows, then deletes the chosen checkpoints, their writes and the blobs
-only they referenced in one set-based statement. Deletes name explicit ids, so whatever a
-run commits meanwhile is never deleted; the blob check runs after the index read, so a
-checkpoint committed meanwhile protects the blobs it references. A deadlock or a
-serialization failure reruns the whole transaction (index, plan, delete) a few times.
+thread on its own rows, then deletes the chosen checkpoints and their writes in one
+set-based statement and the blobs no remaining checkpoint references in a second.
+Checkpoints and writes go by explicit ids, so whatever a run commits meanwhile is never
+deleted; the blob statement runs last, so a checkpoint committed meanwhile protects the
+blobs it references. A deadlock or a serialization failure reruns the whole transaction
+(index, plan, deletes) a few times.
 
 The statements are named constants; `_prune_program` and friends yield them and receive
 their rows, so the sync (`psycopg.Connection`) and async (`AsyncConnection`) drivers share
@@ -68,8 +69,11 @@ class PostgresUnavailableError(RetentionError, ConnectionError):
 # planner sees the real array sizes.
 
 # READ COMMITTED on purpose: each statement sees what committed before it started, so the
-# blob check in PRUNE_SQL sees checkpoints a run committed after the index was read.
+# blob statement sees checkpoints a run committed after the index was read. No JIT: it
+# compiles for tens of milliseconds whenever the estimated cost of a batch crosses its
+# threshold, longer than the statements run.
 ISOLATION_SQL = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+NO_JIT_SQL = "SET LOCAL jit = off"
 
 # The index, one row per checkpoint. `parents` only matters in subgraph call namespaces;
 # the delta channel names come from the counters LangGraph keeps in metadata; a pre-v4
@@ -128,48 +132,29 @@ def _matches(a: str, b: str, columns: tuple[str, ...]) -> str:
 _CHECKPOINT_KEY = ("thread_id", "checkpoint_ns", "checkpoint_id")
 _BLOB_KEY = ("thread_id", "checkpoint_ns", "channel", "version")
 
-# A blob is garbage when a doomed checkpoint references it and no other checkpoint of its
-# (thread, namespace) does. `refs` expands every checkpoint of the batch's threads in the
-# statement's snapshot, taken after the index was read: a checkpoint a run committed since
-# counts as a reference, and a blob no checkpoint references yet (one a run saved ahead
-# of its checkpoint) is never a candidate. Only channels with blob rows in these threads
-# are expanded (inline values have none). Hash joins against the exact-sized `doomed`
-# and a spillable aggregate keep the plan linear however skewed the threads are; SRFs in
-# the select list (ProjectSet) expand jsonb fastest.
-_GARBAGE_CTES = f"""
-refs AS (
-    SELECT s.thread_id, s.checkpoint_ns, (s.e).key AS channel, (s.e).value AS version,
-           s.doomed
-    FROM (
-        SELECT c.thread_id, c.checkpoint_ns,
-               jsonb_each_text(c.checkpoint -> 'channel_versions') AS e,
-               d.checkpoint_id IS NOT NULL AS doomed
-        FROM checkpoints c LEFT JOIN doomed d ON {_matches("d", "c", _CHECKPOINT_KEY)}
-        WHERE c.thread_id = ANY(%(threads)s::text[])
-    ) AS s
-    WHERE (s.e).key = ANY(ARRAY(
-        SELECT DISTINCT channel FROM checkpoint_blobs WHERE thread_id = ANY(%(threads)s::text[])
-    ))
-),
-garbage AS (
-    SELECT thread_id, checkpoint_ns, channel, version FROM refs
-    GROUP BY thread_id, checkpoint_ns, channel, version
-    HAVING bool_and(doomed)
-)"""
 
-_TOTALS_SELECT = """
-SELECT 'checkpoints', thread_id, count(*), coalesce(sum(size), 0) FROM gone GROUP BY thread_id
-UNION ALL
-SELECT 'writes', thread_id, count(*), coalesce(sum(size), 0) FROM gone_writes GROUP BY thread_id
-UNION ALL
-SELECT 'blobs', thread_id, count(*), coalesce(sum(size), 0) FROM gone_blobs GROUP BY thread_id
-"""
+def _live_refs(checkpoints: str) -> str:
+    """SELECT of the (thread, namespace, channel, version) every checkpoint in the
+    `checkpoints` FROM clause (aliased `c`) references: the blobs it loads.
 
-# One statement deletes the doomed checkpoints, their writes (which may commit before
-# their checkpoint: they go by the ids deleted, never by "all but the kept") and the
-# garbage blobs, and counts what went (rows, on-disk bytes) per thread. The blob table is
-# only reached through `garbage`, so a big table is probed by primary key, never scanned.
-PRUNE_SQL = f"""
+    The `?` test is always true; it stands in for a row estimate the planner lacks (it
+    takes 100 rows per `jsonb_each_text`, 25x too many, and then splits the hash of the
+    references into dozens of batches spilled to disk)."""
+    return f"""
+    SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, v.value AS version
+    FROM {checkpoints}
+    CROSS JOIN LATERAL jsonb_each_text(c.checkpoint -> 'channel_versions') AS v
+    WHERE c.thread_id = ANY(%(threads)s::text[])
+      AND c.checkpoint -> 'channel_versions' ? v.key"""
+
+
+_BLOBS_OF_THREADS = "b.thread_id = ANY(%(threads)s::text[])"
+_UNREFERENCED = f"NOT EXISTS (SELECT 1 FROM live l WHERE {_matches('l', 'b', _BLOB_KEY)})"
+
+# First statement: the doomed checkpoints and their writes (which may commit before their
+# checkpoint: they go by the ids deleted, never by "all but the kept"), counted per
+# thread (rows, on-disk bytes).
+DELETE_CHECKPOINTS_SQL = f"""
 WITH {_DOOMED_CTE},
 gone AS (
     DELETE FROM checkpoints c USING doomed d
@@ -180,17 +165,31 @@ gone_writes AS (
     DELETE FROM checkpoint_writes w USING doomed d
     WHERE {_matches("d", "w", _CHECKPOINT_KEY)}
     RETURNING w.thread_id, pg_column_size(w.blob) AS size
-),
-{_GARBAGE_CTES},
-gone_blobs AS (
-    DELETE FROM checkpoint_blobs b USING garbage x
-    WHERE {_matches("x", "b", _BLOB_KEY)}
-    RETURNING b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
 )
-{_TOTALS_SELECT}
+SELECT 'checkpoints', thread_id, count(*), coalesce(sum(size), 0) FROM gone GROUP BY thread_id
+UNION ALL
+SELECT 'writes', thread_id, count(*), coalesce(sum(size), 0) FROM gone_writes GROUP BY thread_id
 """
 
-# PRUNE_SQL with every DELETE turned into the SELECT of the same rows.
+# Second statement, in the same transaction: the blobs of those threads that no remaining
+# checkpoint references (the doomed ones' only, dropped subgraph calls', or orphans an
+# earlier cleanup left). Its snapshot is taken after the first statement: it sees our
+# deletes, and every checkpoint a run committed meanwhile, which protects its blobs. A
+# blob is never visible before its checkpoint: the savers write both in one transaction
+# (`put` runs in one pipeline sync or transaction), so a run in flight is invisible here,
+# blob and checkpoint alike. The blob table is reached through its primary key.
+DELETE_BLOBS_SQL = f"""
+WITH live AS ({_live_refs("checkpoints c")}
+),
+gone_blobs AS (
+    DELETE FROM checkpoint_blobs b WHERE {_BLOBS_OF_THREADS} AND {_UNREFERENCED}
+    RETURNING b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
+)
+SELECT 'blobs', thread_id, count(*), coalesce(sum(size), 0) FROM gone_blobs GROUP BY thread_id
+"""
+
+# Both statements as one SELECT of the same rows, deleting nothing: the checkpoints that
+# stay are those not doomed.
 DRY_RUN_SQL = f"""
 WITH {_DOOMED_CTE},
 gone AS (
@@ -201,12 +200,18 @@ gone_writes AS (
     SELECT w.thread_id, pg_column_size(w.blob) AS size
     FROM checkpoint_writes w JOIN doomed d ON {_matches("d", "w", _CHECKPOINT_KEY)}
 ),
-{_GARBAGE_CTES},
+live AS ({_live_refs("checkpoints c")}
+      AND NOT EXISTS (SELECT 1 FROM doomed d WHERE {_matches("d", "c", _CHECKPOINT_KEY)})
+),
 gone_blobs AS (
     SELECT b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
-    FROM checkpoint_blobs b JOIN garbage x ON {_matches("x", "b", _BLOB_KEY)}
+    FROM checkpoint_blobs b WHERE {_BLOBS_OF_THREADS} AND {_UNREFERENCED}
 )
-{_TOTALS_SELECT}
+SELECT 'checkpoints', thread_id, count(*), coalesce(sum(size), 0) FROM gone GROUP BY thread_id
+UNION ALL
+SELECT 'writes', thread_id, count(*), coalesce(sum(size), 0) FROM gone_writes GROUP BY thread_id
+UNION ALL
+SELECT 'blobs', thread_id, count(*), coalesce(sum(size), 0) FROM gone_blobs GROUP BY thread_id
 """
 
 # Keyset pagination over the primary key: no OFFSET, no server-side cursor held open.
@@ -300,6 +305,7 @@ def _prune_program(
     """Read the batch's index, plan each thread, delete (or count, in a dry run), report."""
     threads = list(thread_ids)
     yield ISOLATION_SQL, {}, False
+    yield NO_JIT_SQL, {}, False
     rows = yield INDEX_SQL, {"threads": _text_array(threads)}, True
 
     delta: dict[tuple[str, str, str], tuple[list[str], list[str]]] | None = None
@@ -334,7 +340,12 @@ def _prune_program(
             "doomed_ns": _text_array(doomed[1]),
             "doomed_ids": _text_array(doomed[2]),
         }
-        for kind, tid, n, size in (yield (DRY_RUN_SQL if dry_run else PRUNE_SQL), params, True):
+        if dry_run:
+            totals = yield DRY_RUN_SQL, params, True
+        else:
+            totals = yield DELETE_CHECKPOINTS_SQL, params, True
+            totals += yield DELETE_BLOBS_SQL, {"threads": params["threads"]}, True
+        for kind, tid, n, size in totals:
             result = results[tid]
             result.bytes_freed += int(size)
             if kind == "checkpoints":
