@@ -54,7 +54,7 @@ from langgraph_retention.policy import (
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from .base import Backend
+from .base import Backend, gc_paused
 
 __all__ = ["AsyncPostgresBackend", "PostgresBackend", "PostgresUnavailableError"]
 
@@ -332,6 +332,7 @@ def _prune_program(
             doomed[0].extend([tid] * len(ids))
             doomed[1].extend([ns] * len(ids))
             doomed[2].extend(ids)
+    del rows, by_thread, delta  # decided: let them go before the next round trip
 
     if doomed[2]:
         params = {
@@ -427,12 +428,14 @@ def _unavailable(exc: Exception, saver_conn: Any, used: Any) -> PostgresUnavaila
 
 
 def _drive(cur: Cursor[TupleRow], program: Program[R]) -> R:
-    """Execute each statement a program yields, send it the rows, return its result."""
+    """Execute each statement a program yields, send it the rows, return its result.
+    Turning rows into objects and deciding on them is CPU only: the GC waits."""
     try:
         sql, params, fetch = next(program)
         while True:
             cur.execute(sql, params, prepare=False)
-            sql, params, fetch = program.send(cur.fetchall() if fetch else [])
+            with gc_paused():
+                sql, params, fetch = program.send(cur.fetchall() if fetch else [])
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
@@ -444,7 +447,9 @@ async def _adrive(cur: AsyncCursor[TupleRow], program: Program[R]) -> R:
         while True:
             await cur.execute(sql, params, prepare=False)
             rows = await cur.fetchall() if fetch else []
-            sql, params, fetch = program.send(rows)
+            with gc_paused():
+                sql, params, fetch = program.send(rows)
+            del rows
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 

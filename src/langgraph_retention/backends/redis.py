@@ -51,7 +51,7 @@ from langgraph_retention.policy import (
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from .base import Backend
+from .base import Backend, gc_paused
 
 __all__ = ["AsyncRedisBackend", "RedisBackend", "RedisUnavailableError"]
 
@@ -789,7 +789,9 @@ def _run(client: Any, program: Program[R]) -> R:
     try:
         commands = next(program)
         while True:
-            commands = program.send(_execute(client, commands))
+            replies = _execute(client, commands)
+            with gc_paused():  # decoding replies and deciding: CPU only
+                commands = program.send(replies)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
     except Exception as exc:
@@ -804,7 +806,9 @@ async def _arun(client: Any, program: Program[R]) -> R:
     try:
         commands = next(program)
         while True:
-            commands = program.send(await _aexecute(client, commands))
+            replies = await _aexecute(client, commands)
+            with gc_paused():
+                commands = program.send(replies)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
     except Exception as exc:

@@ -27,7 +27,7 @@ from langgraph_retention.policy import (
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from .base import Backend
+from .base import Backend, gc_paused
 
 __all__ = ["AsyncSqliteBackend", "SqliteBackend"]
 
@@ -221,7 +221,8 @@ def _run(conn: Any, program: Program[R], *, write: bool) -> R:
         sql, params = next(program)
         while True:
             cur.execute(sql, params)
-            sql, params = program.send(cur.fetchall())
+            with gc_paused():  # rows into objects, then the decision: CPU and page cache
+                sql, params = program.send(cur.fetchall())
     except StopIteration as stop:
         conn.commit()
         return stop.value  # type: ignore[no-any-return]
@@ -240,7 +241,8 @@ async def _arun(conn: Any, program: Program[R], *, write: bool) -> R:
         while True:
             async with conn.execute(sql, params) as cur:
                 rows = await cur.fetchall()
-            sql, params = program.send(list(rows))
+            with gc_paused():
+                sql, params = program.send(list(rows))
     except StopIteration as stop:
         await conn.commit()
         return stop.value  # type: ignore[no-any-return]
