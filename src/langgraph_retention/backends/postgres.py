@@ -69,11 +69,17 @@ class PostgresUnavailableError(RetentionError, ConnectionError):
 # planner sees the real array sizes.
 
 # READ COMMITTED on purpose: each statement sees what committed before it started, so the
-# blob statement sees checkpoints a run committed after the index was read. No JIT: it
-# compiles for tens of milliseconds whenever the estimated cost of a batch crosses its
-# threshold, longer than the statements run.
+# blob statement sees checkpoints a run committed after the index was read.
 ISOLATION_SQL = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
-NO_JIT_SQL = "SET LOCAL jit = off"
+
+# For this transaction only. No JIT: it compiles for tens of milliseconds whenever the
+# estimated cost of a batch crosses its threshold, longer than the statements run. No
+# wait for the WAL flush at commit: a prune lost to a server crash in the next fraction
+# of a second just comes back whole (the transaction is atomic) and reruns, while the
+# app's own commits do not queue behind our fsyncs.
+SETTINGS_SQL = (
+    "SELECT set_config('jit', 'off', true), set_config('synchronous_commit', 'off', true)"
+)
 
 # The index, one row per checkpoint. `parents` only matters in subgraph call namespaces;
 # the delta channel names come from the counters LangGraph keeps in metadata; a pre-v4
@@ -305,7 +311,7 @@ def _prune_program(
     """Read the batch's index, plan each thread, delete (or count, in a dry run), report."""
     threads = list(thread_ids)
     yield ISOLATION_SQL, {}, False
-    yield NO_JIT_SQL, {}, False
+    yield SETTINGS_SQL, {}, False
     rows = yield INDEX_SQL, {"threads": _text_array(threads)}, True
 
     delta: dict[tuple[str, str, str], tuple[list[str], list[str]]] | None = None
