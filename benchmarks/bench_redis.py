@@ -40,7 +40,7 @@ def build(url: str, threads: int, checkpoints: int) -> None:
     with RedisSaver.from_conn_string(url) as saver:
         saver.setup()
         graph = build_agent(saver)
-        turns = max(1, checkpoints // 4)  # input, agent, tools, agent per turn
+        turns = max(1, checkpoints // 5)  # the agent writes 5 checkpoints per user turn
         for tid in thread_ids(threads):
             chat(graph, tid, turns)
 

@@ -139,19 +139,24 @@ _CHECKPOINT_KEY = ("thread_id", "checkpoint_ns", "checkpoint_id")
 _BLOB_KEY = ("thread_id", "checkpoint_ns", "channel", "version")
 
 
-def _live_refs(checkpoints: str) -> str:
-    """SELECT of the (thread, namespace, channel, version) every checkpoint in the
-    `checkpoints` FROM clause (aliased `c`) references: the blobs it loads.
-
-    The `?` test is always true; it stands in for a row estimate the planner lacks (it
-    takes 100 rows per `jsonb_each_text`, 25x too many, and then splits the hash of the
-    references into dozens of batches spilled to disk)."""
-    return f"""
+# Every (thread, namespace, channel, version) a checkpoint of the threads references: the
+# blobs it loads. The `?` test is always true; it stands in for a row estimate the planner
+# lacks (it takes 100 rows per `jsonb_each_text`, 25x too many, and then splits the hash
+# of the references into dozens of batches spilled to disk).
+_REFERENCES = """
     SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, v.value AS version
-    FROM {checkpoints}
+    FROM checkpoints c
     CROSS JOIN LATERAL jsonb_each_text(c.checkpoint -> 'channel_versions') AS v
     WHERE c.thread_id = ANY(%(threads)s::text[])
       AND c.checkpoint -> 'channel_versions' ? v.key"""
+
+
+def _totals(kind: str, rows: str) -> str:
+    """SELECT of (kind, thread, rows, bytes) per thread over a CTE of (thread_id, size)."""
+    return (
+        f"SELECT '{kind}', thread_id, count(*), coalesce(sum(size), 0) FROM {rows} "
+        "GROUP BY thread_id"
+    )
 
 
 _BLOBS_OF_THREADS = "b.thread_id = ANY(%(threads)s::text[])"
@@ -172,9 +177,9 @@ gone_writes AS (
     WHERE {_matches("d", "w", _CHECKPOINT_KEY)}
     RETURNING w.thread_id, pg_column_size(w.blob) AS size
 )
-SELECT 'checkpoints', thread_id, count(*), coalesce(sum(size), 0) FROM gone GROUP BY thread_id
+{_totals("checkpoints", "gone")}
 UNION ALL
-SELECT 'writes', thread_id, count(*), coalesce(sum(size), 0) FROM gone_writes GROUP BY thread_id
+{_totals("writes", "gone_writes")}
 """
 
 # Second statement, in the same transaction: the blobs of those threads that no remaining
@@ -185,13 +190,13 @@ SELECT 'writes', thread_id, count(*), coalesce(sum(size), 0) FROM gone_writes GR
 # (`put` runs in one pipeline sync or transaction), so a run in flight is invisible here,
 # blob and checkpoint alike. The blob table is reached through its primary key.
 DELETE_BLOBS_SQL = f"""
-WITH live AS ({_live_refs("checkpoints c")}
+WITH live AS ({_REFERENCES}
 ),
 gone_blobs AS (
     DELETE FROM checkpoint_blobs b WHERE {_BLOBS_OF_THREADS} AND {_UNREFERENCED}
     RETURNING b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
 )
-SELECT 'blobs', thread_id, count(*), coalesce(sum(size), 0) FROM gone_blobs GROUP BY thread_id
+{_totals("blobs", "gone_blobs")}
 """
 
 # Both statements as one SELECT of the same rows, deleting nothing: the checkpoints that
@@ -206,18 +211,18 @@ gone_writes AS (
     SELECT w.thread_id, pg_column_size(w.blob) AS size
     FROM checkpoint_writes w JOIN doomed d ON {_matches("d", "w", _CHECKPOINT_KEY)}
 ),
-live AS ({_live_refs("checkpoints c")}
+live AS ({_REFERENCES}
       AND NOT EXISTS (SELECT 1 FROM doomed d WHERE {_matches("d", "c", _CHECKPOINT_KEY)})
 ),
 gone_blobs AS (
     SELECT b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
     FROM checkpoint_blobs b WHERE {_BLOBS_OF_THREADS} AND {_UNREFERENCED}
 )
-SELECT 'checkpoints', thread_id, count(*), coalesce(sum(size), 0) FROM gone GROUP BY thread_id
+{_totals("checkpoints", "gone")}
 UNION ALL
-SELECT 'writes', thread_id, count(*), coalesce(sum(size), 0) FROM gone_writes GROUP BY thread_id
+{_totals("writes", "gone_writes")}
 UNION ALL
-SELECT 'blobs', thread_id, count(*), coalesce(sum(size), 0) FROM gone_blobs GROUP BY thread_id
+{_totals("blobs", "gone_blobs")}
 """
 
 # Keyset pagination over the primary key: no OFFSET, no server-side cursor held open.
