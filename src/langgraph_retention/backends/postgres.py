@@ -188,7 +188,8 @@ UNION ALL
 # deletes, and every checkpoint a run committed meanwhile, which protects its blobs. A
 # blob is never visible before its checkpoint: the savers write both in one transaction
 # (`put` runs in one pipeline sync or transaction), so a run in flight is invisible here,
-# blob and checkpoint alike. The blob table is reached through its primary key.
+# blob and checkpoint alike. Only the batch's threads are read (`thread_id` leads the blob
+# primary key, so a big table is not scanned).
 DELETE_BLOBS_SQL = f"""
 WITH live AS ({_REFERENCES}
 ),
