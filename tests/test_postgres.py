@@ -30,8 +30,8 @@ from langgraph_retention import (
     stats,
     sweep,
 )
-from langgraph_retention.backends import postgres as pg_backend
 from langgraph_retention.backends.postgres import PostgresUnavailableError
+from langgraph_retention.backends.postgres import backend as pg_backend
 from langgraph_retention.demo import SEED_THREAD_ID, chat
 
 from .graphs import build_agent, build_delta_graph, build_subgraph_graph, config

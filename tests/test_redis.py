@@ -28,7 +28,7 @@ from langgraph_retention import (
     sweep,
 )
 from langgraph_retention.backends import resolve_backend
-from langgraph_retention.backends.redis import IDS_PER_QUERY, RedisUnavailableError
+from langgraph_retention.backends.redis.backend import IDS_PER_QUERY, RedisUnavailableError
 from langgraph_retention.demo import SEED_THREAD_ID, chat
 
 from .fixtures_redis import flush, open_async_saver, redis_stack_server

@@ -27,7 +27,7 @@ from langgraph_retention.policy import (
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from .base import Backend, gc_paused
+from ..base import Backend, gc_paused
 
 __all__ = ["AsyncSqliteBackend", "SqliteBackend"]
 

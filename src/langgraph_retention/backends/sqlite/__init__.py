@@ -1,0 +1,5 @@
+"""SQLite storage (`SqliteSaver`, `AsyncSqliteSaver`): prune, locks, schema checks."""
+
+from .backend import AsyncSqliteBackend, SqliteBackend
+
+__all__ = ["AsyncSqliteBackend", "SqliteBackend"]
