@@ -41,14 +41,16 @@ ASYNC_KINDS = (
 
 @pytest.fixture(params=SYNC_KINDS)
 def sync_saver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    """A fresh, empty sync checkpointer of each supported kind."""
+    """A fresh, empty, set-up sync checkpointer of each supported kind."""
     kind = request.param
     if kind == "memory":
         yield InMemorySaver()
     elif kind == "sqlite":
         conn = sqlite3.connect(str(tmp_path / "checkpoints.db"), check_same_thread=False)
         try:
-            yield SqliteSaver(conn)
+            saver = SqliteSaver(conn)
+            saver.setup()  # as an app's first run does; we never create tables ourselves
+            yield saver
         finally:
             conn.close()
     else:  # "postgres" / "redis": a sync fixture of the plugin, fresh storage per test
@@ -57,12 +59,13 @@ def sync_saver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture(params=ASYNC_KINDS)
 async def async_saver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    """A fresh, empty async checkpointer of each supported kind."""
+    """A fresh, empty, set-up async checkpointer of each supported kind."""
     kind = request.param
     if kind == "memory":
         yield InMemorySaver()
     elif kind == "async_sqlite":
         async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "checkpoints.db")) as saver:
+            await saver.setup()
             yield saver
     else:  # the plugin's async context manager, opened on this test's event loop
         plugin = importlib.import_module(f"tests.fixtures_{kind.removeprefix('async_')}")

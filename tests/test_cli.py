@@ -137,11 +137,12 @@ def test_prune_needs_thread_or_all(db: Path) -> None:
     assert proc.returncode == 2
 
 
-def test_unreachable_server_fails_with_one_line() -> None:
+def test_unreachable_server_is_a_usage_error_in_one_line() -> None:
     proc = run("stats", "--url", "postgresql://postgres@127.0.0.1:1/none")
 
-    assert proc.returncode == 1
-    assert "stats failed" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.returncode == 2
+    assert "cannot reach PostgreSQL" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_failed_thread_exits_one(tmp_path: Path) -> None:

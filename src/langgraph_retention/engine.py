@@ -15,15 +15,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from langgraph_retention import metrics
 from langgraph_retention.backends import Backend, resolve_backend
+from langgraph_retention.errors import SweepLockHeld
+from langgraph_retention.lock import SweepLock
 from langgraph_retention.policy import RetentionPolicy
 from langgraph_retention.report import PruneReport, Stats, ThreadResult, ThreadStats
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "Stop",
+    "acheck_store",
     "aprune_thread",
     "astats",
     "asweep",
+    "can_compact",
+    "check_store",
+    "compact",
     "prune_thread",
     "stats",
     "sweep",
@@ -36,6 +44,8 @@ DEFAULT_BATCH_SIZE = 100
 
 T = TypeVar("T")
 Progress = Callable[[ThreadResult], None]
+#: Asked before each batch of a sweep; True ends the sweep there (a SIGTERM handler's flag).
+Stop = Callable[[], bool]
 
 
 def _check_policy(policy: Any) -> RetentionPolicy:
@@ -132,6 +142,25 @@ def _record(report: PruneReport, results: list[ThreadResult], progress: Progress
             progress(r)
 
 
+def _stop_reason(stop: Stop | None, lock_held: bool) -> str | None:
+    """Why a sweep must end before its next batch, or None to go on."""
+    if stop is not None and stop():
+        return "stop requested"
+    if not lock_held:
+        logger.error("sweep stopped: its lock was lost (expired or the connection broke)")
+        return "sweep lock lost"
+    return None
+
+
+def _skipped(lock: SweepLock) -> None:
+    """Take `lock`, or count the sweep as skipped and say who holds it."""
+    holder = lock.acquire()
+    if holder is not None:
+        metrics.record_skipped()
+        logger.warning("sweep skipped: another sweep holds the lock (%s)", holder)
+        raise SweepLockHeld(holder)
+
+
 def _batched(ids: Iterable[str], size: int) -> Iterator[list[str]]:
     batch: list[str] = []
     for tid in ids:
@@ -202,7 +231,10 @@ def prune_thread(
     report = PruneReport(dry_run=dry_run)
     start = time.perf_counter()
     now = datetime.now(UTC)
-    _record(report, _prune_batch(backend, [thread_id], policy, dry_run, now), None)
+    results = _prune_batch(backend, [thread_id], policy, dry_run, now)
+    _record(report, results, None)
+    if not dry_run:
+        metrics.record_results(results)
     report.elapsed_seconds = time.perf_counter() - start
     return report
 
@@ -217,7 +249,10 @@ async def aprune_thread(
     report = PruneReport(dry_run=dry_run)
     start = time.perf_counter()
     now = datetime.now(UTC)
-    _record(report, await _aprune_batch(backend, [thread_id], policy, dry_run, now), None)
+    results = await _aprune_batch(backend, [thread_id], policy, dry_run, now)
+    _record(report, results, None)
+    if not dry_run:
+        metrics.record_results(results)
     report.elapsed_seconds = time.perf_counter() - start
     return report
 
@@ -230,27 +265,55 @@ def sweep(
     dry_run: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Progress | None = None,
+    stop: Stop | None = None,
+    exclusive: bool = False,
 ) -> PruneReport:
     """Prune many threads (None: every thread in the store), streamed in batches.
 
     A batch that fails is logged and its threads land in `report.errors`; the sweep
-    goes on with the next batch. `progress` is called once per thread.
+    goes on with the next batch. `progress` is called once per thread. `stop` is asked
+    before each batch: True ends the sweep there (`report.stopped` says so), after the
+    batch in progress committed. With `exclusive`, the sweep first takes the store's
+    sweep lock (one sweeper at a time across processes and hosts) and raises
+    `SweepLockHeld` naming the holder when another sweep has it; a lock lost midway
+    stops the sweep after its current batch.
     """
     _check_policy(policy)
     ids = _check_thread_ids(thread_ids)
     size = _check_batch_size(batch_size)
     backend = resolve_backend(saver)
     report = PruneReport(dry_run=dry_run)
+    lock: SweepLock | None = None
+    if exclusive:
+        lock = _on_loop(backend, backend.asweep_lock) if backend.is_async else backend.sweep_lock()
+        _skipped(lock)
     start = time.perf_counter()
     now = datetime.now(UTC)
-    source: Iterable[str] = ids if ids is not None else _sync_thread_ids(backend)
-    for batch in _batched(source, size):
-        try:
-            results = _prune_batch(backend, batch, policy, dry_run, now)
-        except Exception as exc:
-            results = _failed_batch(batch, exc)
-        _record(report, results, progress)
+    try:
+        source: Iterable[str] = ids if ids is not None else _sync_thread_ids(backend)
+        for batch in _batched(source, size):
+            held = lock is None or lock.held()
+            report.stopped = _stop_reason(stop, held)
+            if report.stopped is not None:
+                break
+            try:
+                results = _prune_batch(backend, batch, policy, dry_run, now)
+            except Exception as exc:
+                results = _failed_batch(batch, exc)
+            _record(report, results, progress)
+            if not dry_run:
+                metrics.record_results(results)
+    except Exception:
+        report.elapsed_seconds = time.perf_counter() - start
+        if not dry_run:
+            metrics.record_sweep(report, "failed")
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
     report.elapsed_seconds = time.perf_counter() - start
+    if not dry_run:
+        metrics.record_sweep(report)
     return report
 
 
@@ -262,13 +325,22 @@ async def asweep(
     dry_run: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Progress | None = None,
+    stop: Stop | None = None,
+    exclusive: bool = False,
 ) -> PruneReport:
-    """Async `sweep`."""
+    """Async `sweep` (the lock's blocking calls run in a worker thread)."""
     _check_policy(policy)
     ids = _check_thread_ids(thread_ids)
     size = _check_batch_size(batch_size)
     backend = resolve_backend(saver)
     report = PruneReport(dry_run=dry_run)
+    lock: SweepLock | None = None
+    if exclusive:
+        if backend.is_async:
+            lock = await backend.asweep_lock()
+        else:
+            lock = await asyncio.to_thread(backend.sweep_lock)
+        await asyncio.to_thread(_skipped, lock)
     start = time.perf_counter()
     now = datetime.now(UTC)
 
@@ -276,15 +348,66 @@ async def asweep(
         for tid in ids or ():
             yield tid
 
-    source = given() if ids is not None else _async_thread_ids(backend)
-    async for batch in _abatched(source, size):
-        try:
-            results = await _aprune_batch(backend, batch, policy, dry_run, now)
-        except Exception as exc:
-            results = _failed_batch(batch, exc)
-        _record(report, results, progress)
+    try:
+        source = given() if ids is not None else _async_thread_ids(backend)
+        async for batch in _abatched(source, size):
+            held = lock is None or await asyncio.to_thread(lock.held)
+            report.stopped = _stop_reason(stop, held)
+            if report.stopped is not None:
+                break
+            try:
+                results = await _aprune_batch(backend, batch, policy, dry_run, now)
+            except Exception as exc:
+                results = _failed_batch(batch, exc)
+            _record(report, results, progress)
+            if not dry_run:
+                metrics.record_results(results)
+    except Exception:
+        report.elapsed_seconds = time.perf_counter() - start
+        if not dry_run:
+            metrics.record_sweep(report, "failed")
+        raise
+    finally:
+        if lock is not None:
+            await asyncio.to_thread(lock.release)
     report.elapsed_seconds = time.perf_counter() - start
+    if not dry_run:
+        metrics.record_sweep(report)
     return report
+
+
+def can_compact(saver: Any) -> bool:
+    """Whether `compact` can shrink `saver`'s storage (SQLite files)."""
+    return resolve_backend(saver).can_compact
+
+
+def compact(saver: Any) -> None:
+    """Give space freed by prunes back to the file system (SQLite: VACUUM). Servers reuse
+    freed space by themselves; for them this raises `NotImplementedError`."""
+    backend = resolve_backend(saver)
+    if backend.is_async:
+        _on_loop(backend, backend.acompact)
+    else:
+        backend.compact()
+
+
+def check_store(saver: Any) -> None:
+    """Raise `StoreNotReadyError` unless `saver`'s store has the checkpoint tables or
+    indexes its saver creates. Reads only: no schema is ever created or migrated."""
+    backend = resolve_backend(saver)
+    if backend.is_async:
+        _on_loop(backend, backend.acheck_store)
+    else:
+        backend.check_store()
+
+
+async def acheck_store(saver: Any) -> None:
+    """Async `check_store`."""
+    backend = resolve_backend(saver)
+    if backend.is_async:
+        await backend.acheck_store()
+    else:
+        await asyncio.to_thread(backend.check_store)
 
 
 def iter_stats(

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ["PruneReport", "Stats", "ThreadResult", "ThreadStats"]
+__all__ = [
+    "PruneReport",
+    "Stats",
+    "StoreSummary",
+    "ThreadResult",
+    "ThreadStats",
+    "format_bytes",
+    "summarize",
+]
+
+
+def format_bytes(n: int) -> str:
+    """A byte count for people: 512 B, 3.4 MiB."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
 
 
 @dataclass(slots=True)
@@ -39,6 +59,9 @@ class PruneReport:
     dry_run: bool = False
     elapsed_seconds: float = 0.0
     errors: dict[str, str] = field(default_factory=dict)
+    #: Why a sweep ended before its last thread ("stop requested", "sweep lock lost"),
+    #: None when it went through. Every batch it did run is committed and counted.
+    stopped: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -62,6 +85,23 @@ class PruneReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the report."""
         return asdict(self)
+
+    def summary(self) -> str:
+        """One line for logs and terminals: threads, what went, time, failures."""
+        verb = "would delete" if self.dry_run else "deleted"
+        line = (
+            f"{self.threads_seen} threads: {verb} {self.deleted_checkpoints} checkpoints, "
+            f"{self.deleted_writes} writes, {self.deleted_blobs} blobs "
+            f"({format_bytes(self.bytes_freed)}); kept {self.kept_checkpoints} checkpoints; "
+            f"{self.elapsed_seconds:.2f}s; {len(self.errors)} failed"
+        )
+        if self.errors:
+            shown = ", ".join(repr(tid) for tid in list(self.errors)[:5])
+            more = len(self.errors) - 5
+            line += f" ({shown}{f' and {more} more' if more > 0 else ''})"
+        if self.stopped:
+            line += f"; stopped early: {self.stopped}"
+        return line
 
 
 @dataclass(slots=True)
@@ -106,3 +146,52 @@ class Stats:
             "total_bytes": self.total_bytes,
             "threads": {tid: ts.to_dict() for tid, ts in self.threads.items()},
         }
+
+
+@dataclass(slots=True)
+class StoreSummary:
+    """Totals of a store and its largest threads, built from streamed per-thread stats in
+    memory bounded by `top` (however many threads the store has)."""
+
+    total_threads: int = 0
+    total_checkpoints: int = 0
+    total_writes: int = 0
+    total_bytes: int = 0
+    #: The largest threads by checkpoint count, largest first.
+    largest: list[tuple[str, ThreadStats]] = field(default_factory=list)
+
+    def line(self) -> str:
+        """One line for logs and terminals."""
+        return (
+            f"{self.total_threads} threads, {self.total_checkpoints} checkpoints, "
+            f"{self.total_writes} writes, {format_bytes(self.total_bytes)}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total_threads": self.total_threads,
+            "total_checkpoints": self.total_checkpoints,
+            "total_writes": self.total_writes,
+            "total_bytes": self.total_bytes,
+            "largest": [{"thread_id": tid, **ts.to_dict()} for tid, ts in self.largest],
+        }
+
+
+def summarize(rows: Iterable[tuple[str, ThreadStats]], top: int) -> StoreSummary:
+    """Fold streamed (thread id, stats) rows into totals and the `top` largest threads."""
+    summary = StoreSummary()
+    heap: list[tuple[int, str, ThreadStats]] = []
+    for tid, ts in rows:
+        summary.total_threads += 1
+        summary.total_checkpoints += ts.checkpoints
+        summary.total_writes += ts.writes
+        summary.total_bytes += ts.bytes
+        if top <= 0:
+            continue
+        item = (ts.checkpoints, tid, ts)
+        if len(heap) < top:
+            heapq.heappush(heap, item)
+        elif item[:2] > heap[0][:2]:
+            heapq.heapreplace(heap, item)
+    summary.largest = [(tid, ts) for _n, tid, ts in sorted(heap, key=lambda i: i[:2], reverse=True)]
+    return summary

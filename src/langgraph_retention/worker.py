@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
+from langgraph_retention import metrics
 from langgraph_retention._validate import check_int, check_seconds
 from langgraph_retention.backends import resolve_backend
 from langgraph_retention.engine import aprune_thread, prune_thread
@@ -181,6 +182,7 @@ class BackgroundPruner:
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
         self._warned_no_loop = False
+        metrics.watch_pruner(self)
 
     # -- state ------------------------------------------------------------------------
 

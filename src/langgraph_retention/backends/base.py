@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, ClassVar
 
+from langgraph_retention.lock import ProcessSweepLock, SweepLock
 from langgraph_retention.policy import RetentionPolicy
 from langgraph_retention.report import ThreadResult, ThreadStats
 
@@ -46,6 +47,8 @@ class Backend:
     name: ClassVar[str] = "backend"
     #: True when the saver's native interface is asyncio (AsyncSqliteSaver, ...).
     is_async: ClassVar[bool] = False
+    #: True when `compact` can give freed space back to the file system.
+    can_compact: ClassVar[bool] = False
 
     def __init__(self, saver: Any) -> None:
         self.saver = saver
@@ -76,6 +79,19 @@ class Backend:
         """Sizes of the given threads; threads with no checkpoint are left out."""
         raise NotImplementedError
 
+    def check_store(self) -> None:
+        """Raise `StoreNotReadyError` unless the store has the saver's tables or indexes.
+
+        Reads only: a store is never set up or migrated here."""
+
+    def sweep_lock(self) -> SweepLock:
+        """The store-wide lock one sweeper holds at a time (not yet acquired)."""
+        return ProcessSweepLock(self.saver)
+
+    def compact(self) -> None:
+        """Give the space prunes freed back to the file system (`can_compact` backends)."""
+        raise NotImplementedError(f"{self.name} stores cannot be compacted")
+
     # -- async interface (async savers) -----------------------------------------
     async def aprune_batch(
         self,
@@ -92,3 +108,15 @@ class Backend:
 
     async def athread_stats(self, thread_ids: Sequence[str]) -> list[tuple[str, ThreadStats]]:
         raise NotImplementedError
+
+    async def acheck_store(self) -> None:
+        """`check_store` for async savers."""
+
+    async def acompact(self) -> None:
+        """`compact` for async savers."""
+        raise NotImplementedError(f"{self.name} stores cannot be compacted")
+
+    async def asweep_lock(self) -> SweepLock:
+        """`sweep_lock` for async savers; the lock itself has a blocking interface (the
+        engine calls it from a worker thread)."""
+        return ProcessSweepLock(self.saver)

@@ -40,11 +40,10 @@ from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.serde.types import TASKS
 from psycopg import AsyncConnection, AsyncCursor, Connection, Cursor
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from langgraph_retention.errors import RetentionError
+from langgraph_retention.errors import RetentionError, StoreUnavailableError
 from langgraph_retention.policy import (
     CheckpointEntry,
     RetentionPolicy,
@@ -55,11 +54,14 @@ from langgraph_retention.policy import (
 from langgraph_retention.report import ThreadResult, ThreadStats
 
 from ..base import Backend, gc_paused
+from .connection import server_name
+from .lock import PostgresSweepLock
+from .schema import missing_relation, missing_tables_program, not_ready
 
 __all__ = ["AsyncPostgresBackend", "PostgresBackend", "PostgresUnavailableError"]
 
 
-class PostgresUnavailableError(RetentionError, ConnectionError):
+class PostgresUnavailableError(StoreUnavailableError):
     """The PostgreSQL server could not be reached, so the operation did not complete."""
 
 
@@ -408,19 +410,6 @@ def _retry_delay(attempt: int) -> float:
     return float(RETRY_BASE_DELAY * (2 ** (attempt - 1)) * (0.5 + random.random()))
 
 
-def _server(conn: Any) -> str:
-    """host:port/dbname of a connection or pool, never its password."""
-    if isinstance(conn, ConnectionPool | AsyncConnectionPool):
-        # Either may be a callable computing them at connect time; then show none.
-        conninfo = conn.conninfo if isinstance(conn.conninfo, str) else ""
-        kwargs = conn.kwargs if isinstance(conn.kwargs, dict) else {}
-        info = conninfo_to_dict(conninfo, **kwargs)
-    else:
-        info = conninfo_to_dict(conn.info.dsn)
-    host = str(info.get("host") or info.get("hostaddr") or "localhost")
-    return f"{host}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
-
-
 def _unavailable(exc: Exception, saver_conn: Any, used: Any) -> PostgresUnavailableError | None:
     """The error to raise instead of `exc` when it says the server is out of reach:
     no pooled connection came, the connection we used (None: we got none) is closed or
@@ -434,7 +423,7 @@ def _unavailable(exc: Exception, saver_conn: Any, used: Any) -> PostgresUnavaila
     else:
         return None
     return PostgresUnavailableError(
-        f"PostgreSQL at {_server(saver_conn)} is unreachable ({reason}: {exc}); "
+        f"PostgreSQL at {server_name(saver_conn)} is unreachable ({reason}: {exc}); "
         "the operation did not complete"
     )
 
@@ -507,6 +496,8 @@ class PostgresBackend(Backend):
             except RETRYABLE:
                 if attempt >= MAX_ATTEMPTS:
                     raise
+            except psycopg.errors.UndefinedTable as exc:
+                raise not_ready(server_name(self.saver.conn), missing_relation(exc)) from exc
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 if (unavailable := _unavailable(exc, self.saver.conn, conn)) is not None:
                     raise unavailable from exc
@@ -532,6 +523,13 @@ class PostgresBackend(Backend):
 
     def thread_stats(self, thread_ids: Sequence[str]) -> list[tuple[str, ThreadStats]]:
         return self._exec(lambda: _stats_program(thread_ids), write=False)
+
+    def check_store(self) -> None:
+        if missing := self._exec(missing_tables_program, write=False):
+            raise not_ready(server_name(self.saver.conn), missing)
+
+    def sweep_lock(self) -> PostgresSweepLock:
+        return PostgresSweepLock(self.saver.conn)
 
 
 class AsyncPostgresBackend(Backend):
@@ -576,6 +574,8 @@ class AsyncPostgresBackend(Backend):
             except RETRYABLE:
                 if attempt >= MAX_ATTEMPTS:
                     raise
+            except psycopg.errors.UndefinedTable as exc:
+                raise not_ready(server_name(self.saver.conn), missing_relation(exc)) from exc
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 if (unavailable := _unavailable(exc, self.saver.conn, conn)) is not None:
                     raise unavailable from exc
@@ -607,3 +607,10 @@ class AsyncPostgresBackend(Backend):
 
     async def athread_stats(self, thread_ids: Sequence[str]) -> list[tuple[str, ThreadStats]]:
         return await self._aexec(lambda: _stats_program(thread_ids), write=False)
+
+    async def acheck_store(self) -> None:
+        if missing := await self._aexec(missing_tables_program, write=False):
+            raise not_ready(server_name(self.saver.conn), missing)
+
+    async def asweep_lock(self) -> PostgresSweepLock:
+        return PostgresSweepLock(self.saver.conn)

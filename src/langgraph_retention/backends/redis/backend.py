@@ -38,10 +38,9 @@ from langgraph.checkpoint.redis.util import (
 )
 from langgraph.checkpoint.serde.types import TASKS
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from langgraph_retention.errors import DeltaChannelError, RetentionError
+from langgraph_retention.errors import DeltaChannelError, RetentionError, StoreUnavailableError
 from langgraph_retention.policy import (
     CheckpointEntry,
     RetentionPolicy,
@@ -52,6 +51,8 @@ from langgraph_retention.policy import (
 from langgraph_retention.report import ThreadResult, ThreadStats
 
 from ..base import Backend, gc_paused
+from .lock import RedisSweepLock, lock_key
+from .schema import indexes_program, not_ready
 
 __all__ = ["AsyncRedisBackend", "RedisBackend", "RedisUnavailableError"]
 
@@ -149,7 +150,7 @@ Program = Generator[list[Command], list[Any], R]
 Row = dict[str, Any]
 
 
-class RedisUnavailableError(RetentionError):
+class RedisUnavailableError(StoreUnavailableError):
     """The Redis server could not be reached (or stopped answering) during a prune."""
 
 
@@ -732,6 +733,10 @@ def _layout(saver: Any) -> _Layout:
     )
 
 
+def _sweep_lock(saver: Any) -> RedisSweepLock:
+    return RedisSweepLock(_check_client(saver), lock_key(_layout(saver).checkpoint_prefix))
+
+
 def _check_client(saver: Any) -> Any:
     client = saver._redis
     if getattr(saver, "cluster_mode", False) or "Cluster" in type(client).__name__:
@@ -756,12 +761,7 @@ def _translate(exc: Exception, client: Any) -> Exception:
             f"Redis at {_where(client)} is unreachable ({type(exc).__name__}: {exc}); "
             "the prune of this batch did not complete"
         )
-    if isinstance(exc, ResponseError) and re.search(r"no such index|unknown index", str(exc), re.I):
-        return RetentionError(
-            f"the checkpoint search indexes do not exist on Redis at {_where(client)} "
-            f"({exc}); call saver.setup() first"
-        )
-    return exc
+    return not_ready(exc, _where(client)) or exc
 
 
 def _execute(client: Any, commands: list[Command]) -> list[Any]:
@@ -852,6 +852,13 @@ class RedisBackend(Backend):
     def thread_stats(self, thread_ids: Sequence[str]) -> list[tuple[str, ThreadStats]]:
         return self._exec(_stats_program(_layout(self.saver), thread_ids))
 
+    def check_store(self) -> None:
+        layout = _layout(self.saver)
+        self._exec(indexes_program([layout.checkpoint_index, layout.write_index]))
+
+    def sweep_lock(self) -> RedisSweepLock:
+        return _sweep_lock(self.saver)
+
 
 class AsyncRedisBackend(Backend):
     """Prunes an `AsyncRedisSaver` through its own asyncio client."""
@@ -892,3 +899,10 @@ class AsyncRedisBackend(Backend):
 
     async def athread_stats(self, thread_ids: Sequence[str]) -> list[tuple[str, ThreadStats]]:
         return await self._aexec(_stats_program(_layout(self.saver), thread_ids))
+
+    async def acheck_store(self) -> None:
+        layout = _layout(self.saver)
+        await self._aexec(indexes_program([layout.checkpoint_index, layout.write_index]))
+
+    async def asweep_lock(self) -> RedisSweepLock:
+        return _sweep_lock(self.saver)

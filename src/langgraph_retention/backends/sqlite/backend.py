@@ -13,11 +13,14 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from langgraph.checkpoint.serde.types import TASKS
+from langgraph.checkpoint.sqlite.aio import _ensure_connected
 
 from langgraph_retention.errors import RetentionError
+from langgraph_retention.lock import ProcessSweepLock, SweepLock
 from langgraph_retention.policy import (
     CheckpointEntry,
     RetentionPolicy,
@@ -28,6 +31,8 @@ from langgraph_retention.policy import (
 from langgraph_retention.report import ThreadResult, ThreadStats
 
 from ..base import Backend, gc_paused
+from .lock import FileSweepLock
+from .schema import database_file_program, missing_table, missing_tables_program, not_ready
 
 __all__ = ["AsyncSqliteBackend", "SqliteBackend"]
 
@@ -101,6 +106,9 @@ GROUP BY thread_id
 """
 
 THREAD_PAGE_SIZE = 1000
+
+#: Rewrites the file without its free pages; runs outside any transaction.
+VACUUM_SQL = "VACUUM"
 
 R = TypeVar("R")
 Statement = tuple[str, Sequence[Any]]
@@ -255,10 +263,16 @@ class SqliteBackend(Backend):
     """Prunes a `SqliteSaver` on its own connection, under its own lock."""
 
     name = "sqlite"
+    can_compact = True
 
     def _exec(self, program: Program[R], *, write: bool) -> R:
-        with self.saver.cursor(transaction=False):  # takes the saver's lock, runs setup()
-            return _run(self.saver.conn, program, write=write)
+        # The saver's lock, not `saver.cursor()`: that would run `setup()`, which creates
+        # tables and switches the file to WAL. We change no schema and no file setting.
+        with self.saver.lock:
+            try:
+                return _run(self.saver.conn, program, write=write)
+            except sqlite3.OperationalError as exc:
+                raise missing_table(exc) or exc from exc
 
     def prune_batch(
         self,
@@ -280,12 +294,21 @@ class SqliteBackend(Backend):
     def thread_stats(self, thread_ids: Sequence[str]) -> list[tuple[str, ThreadStats]]:
         return self._exec(_stats_program(thread_ids), write=False)
 
-    def vacuum(self) -> None:
-        """Give the freed pages back to the file system (rewrites the database file)."""
-        with self.saver.cursor(transaction=False):
+    def check_store(self) -> None:
+        if missing := self._exec(missing_tables_program(), write=False):
+            raise not_ready(missing)
+
+    def sweep_lock(self) -> SweepLock:
+        path = self._exec(database_file_program(), write=False)
+        return FileSweepLock(Path(path)) if path else ProcessSweepLock(self.saver.conn)
+
+    def compact(self) -> None:
+        """VACUUM: rewrite the file without its free pages (without it, SQLite reuses them
+        for new checkpoints but the file does not shrink)."""
+        with self.saver.lock:
             conn: sqlite3.Connection = self.saver.conn
             conn.commit()
-            conn.execute("VACUUM")
+            conn.execute(VACUUM_SQL)
 
 
 class AsyncSqliteBackend(Backend):
@@ -293,11 +316,16 @@ class AsyncSqliteBackend(Backend):
 
     name = "sqlite"
     is_async = True
+    can_compact = True
 
     async def _aexec(self, program: Program[R], *, write: bool) -> R:
-        await self.saver.setup()  # takes the lock itself, so before we do
+        # Never `setup()` (see `SqliteBackend._exec`); only start a connection not yet open.
+        await _ensure_connected(self.saver.conn)
         async with self.saver.lock:
-            return await _arun(self.saver.conn, program, write=write)
+            try:
+                return await _arun(self.saver.conn, program, write=write)
+            except sqlite3.OperationalError as exc:
+                raise missing_table(exc) or exc from exc
 
     async def aprune_batch(
         self,
@@ -322,3 +350,17 @@ class AsyncSqliteBackend(Backend):
 
     async def athread_stats(self, thread_ids: Sequence[str]) -> list[tuple[str, ThreadStats]]:
         return await self._aexec(_stats_program(thread_ids), write=False)
+
+    async def acheck_store(self) -> None:
+        if missing := await self._aexec(missing_tables_program(), write=False):
+            raise not_ready(missing)
+
+    async def asweep_lock(self) -> SweepLock:
+        path = await self._aexec(database_file_program(), write=False)
+        return FileSweepLock(Path(path)) if path else ProcessSweepLock(self.saver.conn)
+
+    async def acompact(self) -> None:
+        """`SqliteBackend.compact` on aiosqlite."""
+        async with self.saver.lock:
+            await self.saver.conn.commit()
+            await self.saver.conn.execute(VACUUM_SQL)

@@ -1,0 +1,104 @@
+"""`langgraph-retention prune`: one thread, some threads, or every thread (`--all`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tqdm import tqdm
+
+from langgraph_retention.engine import (
+    DEFAULT_BATCH_SIZE,
+    can_compact,
+    compact,
+    iter_stats,
+    prune_thread,
+    sweep,
+)
+from langgraph_retention.report import PruneReport
+
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_policy_args,
+    add_url_arg,
+    opened,
+    policy_from_args,
+    positive_int,
+    progress_enabled,
+)
+
+__all__ = ["add_parser", "print_report", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pr = sub.add_parser("prune", help="keep the newest N checkpoints per thread, delete the rest")
+    add_url_arg(pr)
+    add_policy_args(pr)
+    which = pr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--thread", action="append", metavar="T", help="this thread (repeatable)")
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="every thread in the store, holding the store's sweep lock (exit 3 when "
+        "another sweep holds it)",
+    )
+    pr.add_argument("--dry-run", action="store_true", help="report what would go; delete nothing")
+    pr.add_argument("--json", action="store_true", help="print the report as JSON")
+    pr.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N")
+    pr.add_argument(
+        "--vacuum", action="store_true", help="SQLite only: compact the file after pruning"
+    )
+
+
+def print_report(report: PruneReport, as_json: bool) -> None:
+    """The report on stdout (one line, or JSON); each failed thread on stderr."""
+    if as_json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(report.summary())
+    for tid, err in report.errors.items():
+        print(f"  FAILED {tid!r}: {err}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    policy = policy_from_args(args)
+    with opened(args.url) as saver:
+        if args.vacuum and not can_compact(saver):
+            print("langgraph-retention: error: --vacuum only applies to SQLite", file=sys.stderr)
+            return EXIT_USAGE
+        if args.thread:
+            found = {tid for tid, _ in iter_stats(saver, thread_ids=args.thread)}
+            if missing := [t for t in args.thread if t not in found]:
+                print(
+                    f"langgraph-retention: error: no checkpoints for thread "
+                    f"{', '.join(map(repr, missing))}; nothing deleted",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
+        if args.thread and len(args.thread) == 1:
+            report = prune_thread(saver, args.thread[0], policy, dry_run=args.dry_run)
+        else:
+            with tqdm(
+                desc="pruning",
+                unit=" thr",
+                disable=not progress_enabled(),
+                file=sys.stderr,
+                leave=False,
+            ) as bar:
+                report = sweep(
+                    saver,
+                    policy,
+                    thread_ids=args.thread,
+                    dry_run=args.dry_run,
+                    batch_size=args.batch_size,
+                    progress=lambda _r: bar.update(),
+                    # One sweeper at a time; a dry run deletes nothing and needs no lock.
+                    exclusive=args.all and not args.dry_run,
+                )
+        if args.vacuum and not args.dry_run:
+            compact(saver)
+    print_report(report, args.json)
+    return EXIT_OK if report.ok else EXIT_FAILED
