@@ -24,16 +24,20 @@ from langgraph_retention.report import PruneReport, Stats, ThreadResult, ThreadS
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
     "Stop",
     "acheck_store",
     "aprune_thread",
     "astats",
+    "astats_page",
     "asweep",
     "can_compact",
     "check_store",
     "compact",
     "prune_thread",
     "stats",
+    "stats_page",
     "sweep",
 ]
 
@@ -422,6 +426,51 @@ def iter_stats(
             yield from _on_loop(backend, lambda b=batch: backend.athread_stats(b))  # type: ignore[misc]
         else:
             yield from backend.thread_stats(batch)
+
+
+#: Threads per page of `stats_page` unless asked otherwise, and the most it returns.
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 10_000
+
+
+def _check_page(after: str | None, limit: int) -> int:
+    if after is not None:
+        _check_thread_id(after)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit must be an int from 1 to {MAX_PAGE_SIZE}, got {limit!r}")
+    return limit
+
+
+def stats_page(
+    saver: Any, *, after: str | None = None, limit: int = DEFAULT_PAGE_SIZE
+) -> tuple[list[tuple[str, ThreadStats]], str | None]:
+    """One page of per-thread stats in thread-id order: up to `limit` threads after the
+    thread id `after` (None: from the start), and the `after` of the next page (None on
+    the last page). For APIs that must not build one response for a million threads."""
+    _check_page(after, limit)
+    backend = resolve_backend(saver)
+    if backend.is_async:
+        ids = _on_loop(backend, lambda: backend.athread_page(after, limit))
+        rows = _on_loop(backend, lambda: backend.athread_stats(ids)) if ids else []
+    else:
+        ids = backend.thread_page(after, limit)
+        rows = backend.thread_stats(ids) if ids else []
+    return rows, (ids[-1] if len(ids) == limit else None)
+
+
+async def astats_page(
+    saver: Any, *, after: str | None = None, limit: int = DEFAULT_PAGE_SIZE
+) -> tuple[list[tuple[str, ThreadStats]], str | None]:
+    """Async `stats_page`."""
+    _check_page(after, limit)
+    backend = resolve_backend(saver)
+    if backend.is_async:
+        ids = await backend.athread_page(after, limit)
+        rows = await backend.athread_stats(ids) if ids else []
+    else:
+        ids = await asyncio.to_thread(backend.thread_page, after, limit)
+        rows = await asyncio.to_thread(backend.thread_stats, ids) if ids else []
+    return rows, (ids[-1] if len(ids) == limit else None)
 
 
 def stats(saver: Any, *, thread_ids: Iterable[str] | None = None) -> Stats:

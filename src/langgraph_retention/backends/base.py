@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import heapq
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -79,6 +80,14 @@ class Backend:
         """Sizes of the given threads; threads with no checkpoint are left out."""
         raise NotImplementedError
 
+    def thread_page(self, after: str | None, limit: int) -> list[str]:
+        """Up to `limit` thread ids greater than `after`, in id order (a page of the store).
+
+        This generic version reads every id once and keeps the `limit` smallest in a heap:
+        memory bounded by the page, time by the store. Backends with ordered keys do better.
+        """
+        return _smallest_after(self.iter_thread_ids(), after, limit)
+
     def check_store(self) -> None:
         """Raise `StoreNotReadyError` unless the store has the saver's tables or indexes.
 
@@ -109,6 +118,13 @@ class Backend:
     async def athread_stats(self, thread_ids: Sequence[str]) -> list[tuple[str, ThreadStats]]:
         raise NotImplementedError
 
+    async def athread_page(self, after: str | None, limit: int) -> list[str]:
+        """`thread_page` for async savers."""
+        heap: list[str] = []  # see _keep_smallest
+        async for tid in self.aiter_thread_ids():
+            _keep_smallest(heap, tid, after, limit)
+        return heapq.nsmallest(limit, heap)
+
     async def acheck_store(self) -> None:
         """`check_store` for async savers."""
 
@@ -120,3 +136,20 @@ class Backend:
         """`sweep_lock` for async savers; the lock itself has a blocking interface (the
         engine calls it from a worker thread)."""
         return ProcessSweepLock(self.saver)
+
+
+def _keep_smallest(heap: list[str], tid: str, after: str | None, limit: int) -> None:
+    """Collect ids above `after`, trimmed to the `limit` smallest whenever the list
+    doubles: memory stays under twice the page, each id costs amortised O(log limit)."""
+    if after is not None and tid <= after:
+        return
+    heap.append(tid)
+    if len(heap) >= 2 * limit:
+        heap[:] = heapq.nsmallest(limit, heap)
+
+
+def _smallest_after(ids: Iterator[str], after: str | None, limit: int) -> list[str]:
+    heap: list[str] = []
+    for tid in ids:
+        _keep_smallest(heap, tid, after, limit)
+    return heapq.nsmallest(limit, heap)
