@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from types import TracebackType
 from typing import Any, Self
 
@@ -194,13 +194,20 @@ class Scheduler:
 
     @property
     def running(self) -> bool:
+        """Started and not asked to stop."""
         return self._started and not self._stopping.is_set()
+
+    @property
+    def running_jobs(self) -> frozenset[str]:
+        """The jobs ("sweep", "report") with a run in progress right now."""
+        with self._lock:
+            return frozenset(j.name for j in self._jobs if j.running)
 
     def next_run_time(self, job: str = "sweep") -> datetime | None:
         """When `job` ("sweep" or "report") fires next, in the scheduler's time zone."""
         for j in self._jobs:
             if j.name == job:
-                return j.next_run.astimezone(self.timezone) if j.next_run else None
+                return j.next_run.astimezone(UTC).astimezone(self.timezone) if j.next_run else None
         raise KeyError(job)
 
     def _count(self, **deltas: int) -> None:
@@ -415,4 +422,7 @@ def _when(moment: datetime | None, zone: tzinfo | None = None) -> str:
     """A fire time for logs, in the scheduler's zone (canonical across DST changes)."""
     if moment is None:
         return "never"
-    return moment.astimezone(zone or moment.tzinfo).isoformat(sep=" ", timespec="seconds")
+    # Through UTC: `astimezone` to a datetime's own zone would keep a non-canonical
+    # offset (APScheduler returns 02:30+01:00 for the 02:30 a spring-forward night lacks).
+    canonical = moment.astimezone(UTC).astimezone(zone or moment.tzinfo)
+    return canonical.isoformat(sep=" ", timespec="seconds")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -76,17 +76,19 @@ def _weekdays(field: str) -> str:
 
 class _WallClockCron(CronTrigger):  # type: ignore[misc]
     """APScheduler's cron trigger, firing once per wall-clock time: when clocks go back,
-    02:30 happens twice, and cron (unlike APScheduler 3) runs its job only once."""
+    02:30 happens twice, and cron (unlike APScheduler 3) runs a job at a fixed hour only
+    once. Jobs with a wildcard hour (`0 * * * *`) run in both hours, as in cron."""
 
     def get_next_fire_time(self, previous: datetime | None, now: datetime) -> datetime | None:
         fire: datetime | None = super().get_next_fire_time(previous, now)
         if previous is not None and fire is not None and _wall(fire) == _wall(previous):
-            fire = super().get_next_fire_time(fire, max(now, fire))
+            fire = super().get_next_fire_time(fire, fire)  # the repeat: skip to the next
         return fire
 
 
 def _wall(moment: datetime) -> tuple[int, ...]:
-    return moment.timetuple()[:6]
+    """Wall-clock fields of a fire time, canonical (see `scheduler._when` on offsets)."""
+    return moment.astimezone(UTC).astimezone(moment.tzinfo).timetuple()[:6]
 
 
 def parse_crontab(expr: str, timezone: tzinfo) -> CronTrigger:
@@ -104,8 +106,9 @@ def parse_crontab(expr: str, timezone: tzinfo) -> CronTrigger:
             f"bad cron expression {expr!r}: restrict the day of month or the day of week, "
             "not both (crontab fires on either, which is rarely what a sweep wants)"
         )
+    kind = CronTrigger if hour.startswith("*") else _WallClockCron
     try:
-        trigger: CronTrigger = _WallClockCron(
+        trigger: CronTrigger = kind(
             minute=minute, hour=hour, day=day, month=month, day_of_week=_weekdays(dow),
             timezone=timezone,
         )  # fmt: skip
