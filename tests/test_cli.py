@@ -141,7 +141,7 @@ def test_unreachable_server_is_a_usage_error_in_one_line() -> None:
     proc = run("stats", "--url", "postgresql://postgres@127.0.0.1:1/none")
 
     assert proc.returncode == 2
-    assert "cannot reach PostgreSQL" in proc.stderr
+    assert "cannot connect to PostgreSQL" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 

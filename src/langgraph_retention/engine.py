@@ -161,7 +161,7 @@ def _skipped(lock: SweepLock) -> None:
     holder = lock.acquire()
     if holder is not None:
         metrics.record_skipped()
-        logger.warning("sweep skipped: another sweep holds the lock (%s)", holder)
+        logger.debug("sweep not started: another sweep holds the lock (%s)", holder)
         raise SweepLockHeld(holder)
 
 

@@ -100,7 +100,7 @@ def open_saver(url: str) -> Iterator[Any]:
             except psycopg.OperationalError as exc:
                 detail = " ".join(str(exc).split())
                 raise StoreUnavailableError(
-                    f"cannot reach PostgreSQL at {redact(url)}: {detail}"
+                    f"cannot connect to PostgreSQL at {redact(url)}: {detail}"
                 ) from exc
             yield pg_saver
     else:
