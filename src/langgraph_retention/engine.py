@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -35,10 +36,12 @@ __all__ = [
     "can_compact",
     "check_store",
     "compact",
+    "iter_thread_ids",
     "prune_thread",
     "stats",
     "stats_page",
     "sweep",
+    "sweep_lock",
 ]
 
 logger = logging.getLogger("langgraph_retention")
@@ -378,6 +381,26 @@ async def asweep(
     if not dry_run:
         metrics.record_sweep(report)
     return report
+
+
+def iter_thread_ids(saver: Any) -> Iterator[str]:
+    """Every thread id in `saver`'s store, streamed (for shells that shard a sweep
+    across processes, such as the Celery tasks)."""
+    return _sync_thread_ids(resolve_backend(saver))
+
+
+@contextmanager
+def sweep_lock(saver: Any) -> Iterator[SweepLock]:
+    """Hold the store's sweep lock through the block (one sweeper at a time across
+    processes and hosts), as `sweep(exclusive=True)` does; `SweepLockHeld` names the
+    holder when another sweep has it. `held()` on the lock says whether it is still ours."""
+    backend = resolve_backend(saver)
+    lock = _on_loop(backend, backend.asweep_lock) if backend.is_async else backend.sweep_lock()
+    _skipped(lock)
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def can_compact(saver: Any) -> bool:

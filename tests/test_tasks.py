@@ -1,0 +1,379 @@
+"""Celery tasks for fleets, run by a real `celery worker` (prefork, 2 processes) with the
+test Redis as broker and result backend, on stores the real agent wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from celery import Celery
+from celery.beat import Scheduler
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from langgraph_retention import RetentionPolicy, stats, sweep
+from langgraph_retention.demo import build_agent, populate
+from langgraph_retention.errors import UsageError
+from langgraph_retention.report import PruneReport
+from langgraph_retention.tasks import RetentionTasks, register_tasks, report_from_dict
+from langgraph_retention.tasks._reports import fleet_result
+
+from .celery_app import BROKER_ENV, STORES_ENV, make_app
+from .graphs import build_delta_graph, config
+from .stores import ROOT, lock_held_elsewhere
+
+#: Seconds to wait for a task's result (a worker on a busy 2-core machine).
+RESULT_TIMEOUT = 120
+START_TIMEOUT = 120
+THREADS = [("a:1", 4), ("b 2", 3), ("客服/3", 2)]  # 20, 15 and 10 checkpoints
+TOTALS = (
+    "deleted_checkpoints",
+    "deleted_writes",
+    "deleted_blobs",
+    "kept_checkpoints",
+    "bytes_freed",
+    "threads_seen",
+    "threads_pruned",
+)
+
+
+@dataclass
+class Worker:
+    """A running `celery worker`, the client app, and each store kind's tasks."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+    app: Celery
+    tasks: dict[str, RetentionTasks]
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class Store:
+    """A store the test writes through `saver` and the worker prunes through `tasks`."""
+
+    saver: Any
+    tasks: RetentionTasks
+    url: str
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _broker(redis_url: str, db: int = 1) -> str:
+    """The test Redis, database 1 (the savers' tests flush database 0); workers on one
+    database share its queue."""
+    return urlsplit(redis_url)._replace(path=f"/{db}").geturl()
+
+
+@contextmanager
+def celery_worker(
+    broker: str, stores: dict[str, str], log: Path, *, concurrency: int = 2
+) -> Iterator[Worker]:
+    """`celery -A tests.celery_app worker --pool prefork`, answering pings; warm-stopped after."""
+    env = {**os.environ, BROKER_ENV: broker, STORES_ENV: json.dumps(stores)}
+    name = f"lgr-{uuid.uuid4().hex[:8]}@%h"
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
+        "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel", "INFO",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", name,
+    ]  # fmt: skip
+    app, registered = make_app(broker, stores)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    worker = Worker(proc, log, app, registered)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not app.control.ping(timeout=0.5):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"celery worker did not start:\n{worker.log_text()[-4000:]}")
+        yield worker
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # warm shutdown: running tasks finish
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        app.close()
+
+
+@pytest.fixture(scope="module")
+def sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite store for the module (the worker keeps it open), set up as an app does."""
+    path = tmp_path_factory.mktemp("celery") / "store.db"
+    conn = sqlite3.connect(str(path))
+    SqliteSaver(conn).setup()
+    conn.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def worker(
+    redis_url: str, postgres_url: str, sqlite_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Worker]:
+    stores = {
+        "postgres": postgres_url,
+        "sqlite": f"sqlite:///{sqlite_file}",
+        "redis": redis_url,
+        "unreachable": f"postgresql://postgres@127.0.0.1:{_closed_port()}/nowhere",
+    }
+    log = tmp_path_factory.mktemp("celery-log") / "worker.log"
+    with celery_worker(_broker(redis_url), stores, log) as running:
+        yield running
+
+
+@pytest.fixture
+def sqlite_saver(sqlite_file: Path) -> Iterator[SqliteSaver]:
+    """The module's SQLite store, emptied (the worker's connection stays valid)."""
+    conn = sqlite3.connect(str(sqlite_file), check_same_thread=False)
+    with conn:
+        conn.execute("DELETE FROM checkpoints")
+        conn.execute("DELETE FROM writes")
+    try:
+        yield SqliteSaver(conn)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(params=["postgres", "sqlite", "redis"])
+def store(request: pytest.FixtureRequest, worker: Worker) -> Store:
+    kind = request.param
+    saver = request.getfixturevalue(f"{kind}_saver")  # empty and set up
+    url = worker.tasks[kind].store.url
+    assert url is not None
+    return Store(saver, worker.tasks[kind], url)
+
+
+@pytest.fixture
+def pg(worker: Worker, postgres_saver: Any, postgres_url: str) -> Store:
+    return Store(postgres_saver, worker.tasks["postgres"], postgres_url)
+
+
+def counts(saver: Any) -> dict[str, int]:
+    return {tid: ts.checkpoints for tid, ts in stats(saver).threads.items()}
+
+
+def many_threads(n: int) -> list[tuple[str, int]]:
+    return [(f"user{i % 3}:{i:03d}", 2) for i in range(n)]  # 10 checkpoints each
+
+
+# -- shards --------------------------------------------------------------------------------
+def test_shard_keeps_the_newest_n_checkpoints_per_thread(store: Store) -> None:
+    populate(build_agent(store.saver), THREADS)
+
+    result = store.tasks.run_shard([t for t, _ in THREADS], {"keep_last": 3})
+    report = result.get(timeout=RESULT_TIMEOUT)
+
+    assert report["errors"] == {}
+    assert counts(store.saver) == {tid: 3 for tid, _ in THREADS}
+
+
+def test_shard_on_an_unreachable_store_reports_every_thread_after_its_retries(
+    worker: Worker,
+) -> None:
+    tasks = worker.tasks["unreachable"]
+
+    report = tasks.run_shard(["x:1", "y:2"], {"keep_last": 1}).get(timeout=RESULT_TIMEOUT)
+
+    assert sorted(report["errors"]) == ["x:1", "y:2"]
+    assert "StoreUnavailableError" in report["errors"]["x:1"]
+    assert "retry 2 of 2" in worker.log_text()
+
+
+# -- fleet sweeps --------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_fleet_sweep_totals_equal_an_in_process_dry_run(
+    kind: str, worker: Worker, request: pytest.FixtureRequest
+) -> None:
+    saver = request.getfixturevalue(f"{kind}_saver")
+    populate(build_agent(saver), many_threads(12))
+    expected = sweep(saver, RetentionPolicy(keep_last=2), dry_run=True)
+
+    report = worker.tasks[kind].run_sweep({"keep_last": 2}, shard_size=5).get(RESULT_TIMEOUT)
+
+    assert report["shards"] == 3
+    assert report["ok"], report
+    assert {k: report[k] for k in TOTALS} == {k: getattr(expected, k) for k in TOTALS}
+    assert set(counts(saver).values()) == {2}
+
+
+def test_fleet_dry_run_deletes_nothing(pg: Store) -> None:
+    populate(build_agent(pg.saver), THREADS)
+    before = counts(pg.saver)
+
+    report = pg.tasks.run_sweep({"keep_last": 1}, dry_run=True).get(timeout=RESULT_TIMEOUT)
+
+    assert report["deleted_checkpoints"] == sum(n - 1 for n in before.values())
+    assert counts(pg.saver) == before
+
+
+def test_fleet_sweep_reports_a_refused_thread_and_prunes_the_others(pg: Store) -> None:
+    populate(build_agent(pg.saver), THREADS)
+    delta = build_delta_graph(pg.saver)
+    for i in range(3):
+        delta.invoke({"items": [f"in{i}"]}, config("delta"))
+    before = counts(pg.saver)["delta"]
+    policy = {"keep_last": 2, "delta_channels": "refuse"}
+
+    report = pg.tasks.run_sweep(policy, shard_size=1).get(timeout=RESULT_TIMEOUT)
+
+    assert list(report["errors"]) == ["delta"]
+    assert "DeltaChannel" in report["errors"]["delta"]
+    assert counts(pg.saver) == {**{tid: 2 for tid, _ in THREADS}, "delta": before}
+
+
+def test_fleet_sweep_is_skipped_while_another_process_holds_the_lock(pg: Store) -> None:
+    populate(build_agent(pg.saver), THREADS)
+    before = counts(pg.saver)
+
+    with lock_held_elsewhere(pg.url) as holder:
+        report = pg.tasks.run_sweep({"keep_last": 1}).get(timeout=RESULT_TIMEOUT)
+
+    assert report["skipped"]["pid"] == holder.pid
+    assert (report["shards"], report["ok"]) == (0, False)
+    assert counts(pg.saver) == before
+
+
+def test_a_failed_shard_task_shows_in_the_fleet_report(worker: Worker) -> None:
+    tasks = worker.tasks["postgres"]
+    bad = tasks.prune_shard.delay(["x"], {"keep_lst": 1})  # fails in the worker
+    partial = fleet_result(PruneReport(), shards=1)
+
+    folded = tasks.fold.delay([bad.id], partial, time.time(), time.time() + RESULT_TIMEOUT)
+    report = folded.get(timeout=RESULT_TIMEOUT)
+
+    assert "UsageError" in report["failed_shards"][bad.id]
+    assert report["ok"] is False
+
+
+# -- bad input -----------------------------------------------------------------------------
+def test_a_bad_policy_is_rejected_by_the_worker(worker: Worker) -> None:
+    sent = worker.tasks["postgres"].sweep.delay({"keep_lst": 3})
+
+    with pytest.raises(UsageError, match="unknown setting 'keep_lst'"):
+        sent.get(timeout=RESULT_TIMEOUT)
+
+
+def test_a_bad_policy_is_rejected_before_anything_is_sent() -> None:
+    tasks = register_tasks(Celery("t", broker="memory://"), url="postgresql://h/db")
+
+    with pytest.raises(UsageError, match="keep_last must be at least 1"):
+        tasks.run_sweep({"keep_last": 0})
+
+
+def test_register_tasks_needs_exactly_one_store() -> None:
+    with pytest.raises(UsageError, match="exactly one of url= or saver_factory="):
+        register_tasks(Celery("t", broker="memory://"))
+
+
+# -- workers and their store ---------------------------------------------------------------
+def test_a_saver_factory_is_opened_once_per_process() -> None:
+    saver = InMemorySaver()
+    populate(build_agent(saver), THREADS)
+    made: list[InMemorySaver] = []
+
+    def factory() -> InMemorySaver:
+        made.append(saver)
+        return saver
+
+    tasks = register_tasks(Celery("t", broker="memory://"), saver_factory=factory)
+    ids = [t for t, _ in THREADS]
+
+    first = tasks.prune_shard.apply(args=(ids, {"keep_last": 2})).get()
+    second = tasks.prune_shard.apply(args=(ids, {"keep_last": 1})).get()
+
+    assert len(made) == 1
+    assert (first["deleted_checkpoints"], second["deleted_checkpoints"]) == (39, 3)
+
+
+@pytest.mark.slow
+def test_a_worker_closes_its_store_at_shutdown(
+    redis_url: str, postgres_url: str, postgres_saver: Any, tmp_path: Path
+) -> None:
+    populate(build_agent(postgres_saver), THREADS)
+    log = tmp_path / "worker.log"
+    with celery_worker(_broker(redis_url, 2), {"postgres": postgres_url}, log) as w:
+        w.tasks["postgres"].run_shard(["a:1"], {"keep_last": 1}).get(timeout=RESULT_TIMEOUT)
+
+    assert w.proc.returncode == 0
+    assert "closed the store" in w.log_text(), w.log_text()[-4000:]
+
+
+# -- beat ----------------------------------------------------------------------------------
+@pytest.fixture
+def beat_app() -> Iterator[tuple[Celery, RetentionTasks]]:
+    app = Celery("t", broker="memory://")
+    app.conf.timezone = "UTC"
+    yield app, register_tasks(app, url="postgresql://h/db")
+    app.close()
+
+
+def test_beat_entry_from_cron_runs_the_sweep_daily_at_0200(
+    beat_app: tuple[Celery, RetentionTasks],
+) -> None:
+    app, tasks = beat_app
+    app.conf.beat_schedule = {"nightly": tasks.beat_entry({"keep_last": 5}, cron="0 2 * * *")}
+
+    entry = Scheduler(app).schedule["nightly"]  # beat's own view of app.conf.beat_schedule
+    last_run = datetime(2025, 7, 29, 2, 0, tzinfo=UTC)
+    entry.schedule.nowfun = lambda: datetime(2025, 7, 30, 1, 0, tzinfo=UTC)
+    before = entry.schedule.is_due(last_run)
+    entry.schedule.nowfun = lambda: datetime(2025, 7, 30, 2, 0, 1, tzinfo=UTC)
+    at_two = entry.schedule.is_due(last_run)
+
+    assert (entry.task, entry.args) == (tasks.sweep.name, ({"keep_last": 5, "keep_within": None,
+                                         "delta_channels": "keep_ancestry"},))  # fmt: skip
+    assert (before.is_due, before.next) == (False, 3600)
+    assert at_two.is_due
+
+
+def test_beat_entry_from_a_duration_runs_the_sweep_at_that_interval(
+    beat_app: tuple[Celery, RetentionTasks],
+) -> None:
+    _app, tasks = beat_app
+
+    entry = tasks.beat_entry(RetentionPolicy(keep_last=3), every="2h", dry_run=True)
+
+    assert entry["schedule"].run_every == timedelta(hours=2)
+    assert entry["kwargs"] == {"shard_size": 500, "dry_run": True}
+
+
+@pytest.mark.parametrize("cron", ["0 2 * *", "61 2 * * *", "0 2 * * funday"])
+def test_beat_entry_rejects_a_bad_cron_expression(
+    beat_app: tuple[Celery, RetentionTasks], cron: str
+) -> None:
+    _app, tasks = beat_app
+
+    with pytest.raises(UsageError, match="cron"):
+        tasks.beat_entry({"keep_last": 5}, cron=cron)
+
+
+def test_report_from_dict_reads_a_fleet_report() -> None:
+    data = fleet_result(PruneReport(deleted_checkpoints=7, errors={"t": "boom"}), shards=2)
+
+    report = report_from_dict(json.loads(json.dumps(data)))
+
+    assert (report.deleted_checkpoints, report.errors) == (7, {"t": "boom"})
