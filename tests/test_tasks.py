@@ -4,21 +4,14 @@ test Redis as broker and result backend, on stores the real agent wrote."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from celery import Celery
@@ -33,9 +26,9 @@ from langgraph_retention.report import PruneReport
 from langgraph_retention.tasks import RetentionTasks, register_tasks, report_from_dict
 from langgraph_retention.tasks._reports import fleet_result
 
-from .celery_app import BROKER_ENV, STORES_ENV, make_app
+from .celery_app import Worker, broker_url, celery_worker
 from .graphs import build_delta_graph, config
-from .stores import ROOT, lock_held_elsewhere
+from .stores import lock_held_elsewhere
 
 #: Seconds to wait for a task's result (a worker on a busy 2-core machine).
 RESULT_TIMEOUT = 120
@@ -53,19 +46,6 @@ TOTALS = (
 
 
 @dataclass
-class Worker:
-    """A running `celery worker`, the client app, and each store kind's tasks."""
-
-    proc: subprocess.Popen[bytes]
-    log: Path
-    app: Celery
-    tasks: dict[str, RetentionTasks]
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-@dataclass
 class Store:
     """A store the test writes through `saver` and the worker prunes through `tasks`."""
 
@@ -78,45 +58,6 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _broker(redis_url: str, db: int = 1) -> str:
-    """The test Redis, database 1 (the savers' tests flush database 0); workers on one
-    database share its queue."""
-    return urlsplit(redis_url)._replace(path=f"/{db}").geturl()
-
-
-@contextmanager
-def celery_worker(
-    broker: str, stores: dict[str, str], log: Path, *, concurrency: int = 2
-) -> Iterator[Worker]:
-    """`celery -A tests.celery_app worker --pool prefork`, answering pings; warm-stopped after."""
-    env = {**os.environ, BROKER_ENV: broker, STORES_ENV: json.dumps(stores)}
-    name = f"lgr-{uuid.uuid4().hex[:8]}@%h"
-    cmd = [
-        sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
-        "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel", "INFO",
-        "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", name,
-    ]  # fmt: skip
-    app, registered = make_app(broker, stores)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    worker = Worker(proc, log, app, registered)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not app.control.ping(timeout=0.5):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"celery worker did not start:\n{worker.log_text()[-4000:]}")
-        yield worker
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # warm shutdown: running tasks finish
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        app.close()
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +81,7 @@ def worker(
         "unreachable": f"postgresql://postgres@127.0.0.1:{_closed_port()}/nowhere",
     }
     log = tmp_path_factory.mktemp("celery-log") / "worker.log"
-    with celery_worker(_broker(redis_url), stores, log) as running:
+    with celery_worker(broker_url(redis_url), stores, log) as running:
         yield running
 
 
@@ -315,7 +256,7 @@ def test_a_worker_closes_its_store_at_shutdown(
 ) -> None:
     populate(build_agent(postgres_saver), THREADS)
     log = tmp_path / "worker.log"
-    with celery_worker(_broker(redis_url, 2), {"postgres": postgres_url}, log) as w:
+    with celery_worker(broker_url(redis_url, 2), {"postgres": postgres_url}, log) as w:
         w.tasks["postgres"].run_shard(["a:1"], {"keep_last": 1}).get(timeout=RESULT_TIMEOUT)
 
     assert w.proc.returncode == 0

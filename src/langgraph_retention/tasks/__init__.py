@@ -188,7 +188,8 @@ class RetentionTasks:
     ) -> Any:
         """Send a fleet sweep (checked here first); `.get()` on the returned `AsyncResult`
         gives the folded report."""
-        kwargs = {"shard_size": _shard_size(shard_size or self.shard_size), "dry_run": dry_run}
+        size = self.shard_size if shard_size is None else shard_size
+        kwargs = {"shard_size": _shard_size(size), "dry_run": dry_run}
         return self.sweep.apply_async((plain_policy(policy),), kwargs, **options)
 
     def beat_entry(
@@ -203,17 +204,18 @@ class RetentionTasks:
     ) -> dict[str, Any]:
         """An `app.conf.beat_schedule` value running the fleet sweep at `cron` (5 fields,
         in the app's timezone) or `every` (a duration); `options` go to `apply_async`."""
-        if (cron is None) == (every is None):
+        if cron is not None and every is None:
+            when = cron_schedule(cron)
+        elif every is not None and cron is None:
+            when = every_schedule(every)
+        else:
             raise UsageError("beat_entry: give exactly one of cron= or every=")
-        when = cron_schedule(cron) if cron is not None else every_schedule(every)  # type: ignore[arg-type]
+        size = self.shard_size if shard_size is None else shard_size
         return {
             "task": self.sweep.name,
             "schedule": when,
             "args": (plain_policy(policy),),
-            "kwargs": {
-                "shard_size": _shard_size(shard_size or self.shard_size),
-                "dry_run": dry_run,
-            },
+            "kwargs": {"shard_size": _shard_size(size), "dry_run": dry_run},
             "options": dict(options or {}),
         }
 
@@ -246,7 +248,13 @@ def register_tasks(
     store = WorkerStore(url=url, factory=saver_factory)
     signals.worker_process_shutdown.connect(store.close, weak=False)
     signals.worker_shutdown.connect(store.close, weak=False)
-    common = {"bind": True, "serializer": "json", "ignore_result": False, "max_retries": None}
+    common = {
+        "bind": True,
+        "serializer": "json",
+        "ignore_result": False,
+        "max_retries": None,
+        "throws": (UsageError,),  # a bad policy is logged as one line, not a traceback
+    }
 
     def backoff(attempt: int) -> float:
         return float(min(retry_backoff * 2**attempt, retry_backoff_max) * random.uniform(0.5, 1))
@@ -294,7 +302,7 @@ def register_tasks(
         task: Any, policy: dict[str, Any], shard_size: int | None = None, dry_run: bool = False
     ) -> dict[str, Any]:
         plain = plain_policy(policy)
-        size = _shard_size(shard_size or tasks.shard_size)
+        size = _shard_size(tasks.shard_size if shard_size is None else shard_size)
         started = time.time()
         sent: list[str] = []
         threads = 0
