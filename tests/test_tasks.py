@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from celery import Celery
 from celery.beat import Scheduler
@@ -143,6 +144,29 @@ def test_shard_on_an_unreachable_store_reports_every_thread_after_its_retries(
     assert "retry 2 of 2" in worker.log_text()
 
 
+def kill_worker_connections(pg: Store) -> None:
+    """End every other session on the test database, as a server restart or an idle
+    connection reaper would (the test's own saver keeps its connection)."""
+    with psycopg.connect(pg.url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid NOT IN (pg_backend_pid(), %s)",
+            (pg.saver.conn.info.backend_pid,),
+        )
+
+
+def test_shard_whose_connection_broke_reconnects_and_prunes(pg: Store) -> None:
+    populate(build_agent(pg.saver), THREADS)
+    ids = [t for t, _ in THREADS]
+    pg.tasks.run_sweep({"keep_last": 5}, shard_size=1).get(RESULT_TIMEOUT)  # workers connect
+    kill_worker_connections(pg)
+
+    report = pg.tasks.run_shard(ids, {"keep_last": 3}).get(timeout=RESULT_TIMEOUT)
+
+    assert report["errors"] == {}
+    assert counts(pg.saver) == {tid: 3 for tid in ids}
+
+
 # -- fleet sweeps --------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["postgres", "sqlite"])
@@ -159,6 +183,17 @@ def test_fleet_sweep_totals_equal_an_in_process_dry_run(
     assert report["ok"], report
     assert {k: report[k] for k in TOTALS} == {k: getattr(expected, k) for k in TOTALS}
     assert set(counts(saver).values()) == {2}
+
+
+def test_fleet_sweep_whose_connection_broke_reconnects_and_prunes(pg: Store) -> None:
+    populate(build_agent(pg.saver), THREADS)
+    pg.tasks.run_sweep({"keep_last": 5}, shard_size=1).get(RESULT_TIMEOUT)  # workers connect
+    kill_worker_connections(pg)
+
+    report = pg.tasks.run_sweep({"keep_last": 3}, shard_size=1).get(timeout=RESULT_TIMEOUT)
+
+    assert report["ok"], report
+    assert counts(pg.saver) == {tid: 3 for tid, _ in THREADS}
 
 
 def test_fleet_dry_run_deletes_nothing(pg: Store) -> None:
@@ -299,7 +334,7 @@ def test_beat_entry_from_a_duration_runs_the_sweep_at_that_interval(
     entry = tasks.beat_entry(RetentionPolicy(keep_last=3), every="2h", dry_run=True)
 
     assert entry["schedule"].run_every == timedelta(hours=2)
-    assert entry["kwargs"] == {"shard_size": 500, "dry_run": True}
+    assert entry["kwargs"] == {"shard_size": 250, "dry_run": True}
 
 
 @pytest.mark.parametrize("cron", ["0 2 * *", "61 2 * * *", "0 2 * * funday"])

@@ -44,8 +44,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -53,21 +52,28 @@ from urllib.parse import urlsplit
 
 from celery import signals
 
-from langgraph_retention.config import policy_from_mapping, policy_to_mapping
-from langgraph_retention.engine import DEFAULT_BATCH_SIZE, check_store, iter_thread_ids, sweep
-from langgraph_retention.engine import sweep_lock as store_sweep_lock
-from langgraph_retention.errors import (
-    RetentionError,
-    StoreUnavailableError,
-    SweepLockHeld,
-    UsageError,
-)
-from langgraph_retention.lock import SweepLock
-from langgraph_retention.policy import RetentionPolicy
+from langgraph_retention.config import policy_from_mapping
+from langgraph_retention.engine import DEFAULT_BATCH_SIZE, iter_thread_ids, sweep
+from langgraph_retention.errors import SweepLockHeld, UsageError
 from langgraph_retention.report import PruneReport
 from langgraph_retention.urls import SCHEMES
 
 from ._beat import cron_schedule, every_schedule
+from ._common import (
+    DEFAULT_SHARD_SIZE,
+    FOLD_POLL_SECONDS,
+    FOLD_WINDOW,
+    PolicyLike,
+    batched,
+    check_shard_size,
+    check_thread_ids,
+    failed_report,
+    healthy,
+    lock_unless,
+    plain_policy,
+    shown,
+    transient,
+)
 from ._reports import fleet_result, merge, report_from_dict, without
 from ._store import SaverFactory, WorkerStore
 
@@ -84,72 +90,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("langgraph_retention.tasks")
-
-#: Threads per `prune_shard` task unless asked otherwise (each pruned in engine batches),
-#: and the most one message may carry.
-DEFAULT_SHARD_SIZE = 500
-MAX_SHARD_SIZE = 10_000
-#: The fold's wait between looks at the shards: right after progress, and at most.
-FOLD_POLL_SECONDS = (0.2, 5.0)
-#: Shard results the fold reads per look, oldest first.
-FOLD_WINDOW = 200
-
-#: A policy as callers give it; it always travels as `policy_to_mapping` data.
-PolicyLike = RetentionPolicy | Mapping[str, Any]
-
-
-def plain_policy(policy: PolicyLike) -> dict[str, Any]:
-    """`policy` as checked, JSON-ready data; `UsageError` for a bad one."""
-    if not isinstance(policy, RetentionPolicy):
-        policy = policy_from_mapping(policy, where="policy")
-    return policy_to_mapping(policy)
-
-
-def _thread_ids(value: Any) -> list[str]:
-    if isinstance(value, str) or not isinstance(value, list | tuple):
-        raise UsageError(f"thread_ids must be a list of thread ids, got {value!r:.80}")
-    if bad := [t for t in value if not isinstance(t, str)]:
-        raise UsageError(f"thread ids must be strings, got {bad[0]!r}")
-    return list(dict.fromkeys(value))
-
-
-def _shard_size(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SHARD_SIZE:
-        raise UsageError(f"shard_size must be a whole number from 1 to {MAX_SHARD_SIZE}: {value!r}")
-    return value
-
-
-def _batched(ids: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for tid in ids:
-        batch.append(tid)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _failed(ids: Sequence[str], exc: BaseException, dry_run: bool) -> PruneReport:
-    report = PruneReport(dry_run=dry_run)
-    for tid in ids:
-        report.threads_seen += 1
-        report.errors[tid] = f"{type(exc).__name__}: {exc}"
-    return report
-
-
-def _healthy(saver: Any) -> bool:
-    """Whether the store still answers (a read-only schema check)."""
-    try:
-        check_store(saver)
-    except Exception:
-        return False
-    return True
-
-
-def _shown(ids: Sequence[str], limit: int = 20) -> str:
-    more = len(ids) - limit
-    return ", ".join(map(repr, ids[:limit])) + (f" and {more} more" if more > 0 else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +115,7 @@ class RetentionTasks:
         **options: Any,
     ) -> Any:
         """Send one shard (checked here first); returns its `AsyncResult`."""
-        args = (_thread_ids(list(thread_ids)), plain_policy(policy), dry_run)
+        args = (check_thread_ids(list(thread_ids)), plain_policy(policy), dry_run)
         return self.prune_shard.apply_async(args, **options)
 
     def run_sweep(
@@ -189,7 +129,7 @@ class RetentionTasks:
         """Send a fleet sweep (checked here first); `.get()` on the returned `AsyncResult`
         gives the folded report."""
         size = self.shard_size if shard_size is None else shard_size
-        kwargs = {"shard_size": _shard_size(size), "dry_run": dry_run}
+        kwargs = {"shard_size": check_shard_size(size), "dry_run": dry_run}
         return self.sweep.apply_async((plain_policy(policy),), kwargs, **options)
 
     def beat_entry(
@@ -215,7 +155,7 @@ class RetentionTasks:
             "task": self.sweep.name,
             "schedule": when,
             "args": (plain_policy(policy),),
-            "kwargs": {"shard_size": _shard_size(size), "dry_run": dry_run},
+            "kwargs": {"shard_size": check_shard_size(size), "dry_run": dry_run},
             "options": dict(options or {}),
         }
 
@@ -244,7 +184,7 @@ def register_tasks(
         raise UsageError("register_tasks: give exactly one of url= or saver_factory=")
     if url is not None and urlsplit(url).scheme.lower() not in SCHEMES:
         raise UsageError(f"register_tasks: unsupported store URL scheme in {url!r:.40}")
-    _shard_size(shard_size)
+    check_shard_size(shard_size)
     store = WorkerStore(url=url, factory=saver_factory)
     signals.worker_process_shutdown.connect(store.close, weak=False)
     signals.worker_shutdown.connect(store.close, weak=False)
@@ -267,16 +207,15 @@ def register_tasks(
         carried: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         rules = policy_from_mapping(policy, where="policy")
-        ids = _thread_ids(thread_ids)
+        ids = check_thread_ids(thread_ids)
         done = report_from_dict(carried) if carried else PruneReport(dry_run=dry_run)
         broken = False
         try:
             with store.use() as saver:
                 report = sweep(saver, rules, thread_ids=ids, dry_run=dry_run, batch_size=batch_size)
-                broken = bool(report.errors) and not _healthy(saver)
-        except Exception as exc:  # opening failed: a wrong URL or missing tables are final
-            report = _failed(ids, exc, dry_run)
-            broken = isinstance(exc, StoreUnavailableError) or not isinstance(exc, RetentionError)
+                broken = bool(report.errors) and not healthy(saver)
+        except Exception as exc:  # opening failed
+            report, broken = failed_report(ids, exc, dry_run), transient(exc)
         merge(done, report.to_dict())
         done.elapsed_seconds += report.elapsed_seconds
         failed = list(report.errors)
@@ -294,7 +233,7 @@ def register_tasks(
         if failed:
             logger.error(
                 "shard %s: %d of %d thread(s) not pruned: %s",
-                task.request.id, len(failed), len(ids), _shown(failed),
+                task.request.id, len(failed), len(ids), shown(failed),
             )  # fmt: skip
         return done.to_dict()
 
@@ -302,29 +241,40 @@ def register_tasks(
         task: Any, policy: dict[str, Any], shard_size: int | None = None, dry_run: bool = False
     ) -> dict[str, Any]:
         plain = plain_policy(policy)
-        size = _shard_size(tasks.shard_size if shard_size is None else shard_size)
+        size = check_shard_size(tasks.shard_size if shard_size is None else shard_size)
         started = time.time()
         sent: list[str] = []
         threads = 0
         stopped: str | None = None
-        with store.use() as saver:
-            held: AbstractContextManager[SweepLock | None] = (
-                nullcontext() if dry_run else store_sweep_lock(saver)
-            )
-            try:
-                with held as lock:
-                    for shard in _batched(iter_thread_ids(saver), size):
-                        if lock is not None and not lock.held():
-                            stopped = "sweep lock lost"
-                            logger.error("fleet sweep stopped sending shards: its lock was lost")
-                            break
-                        sent.append(tasks.prune_shard.apply_async((shard, plain, dry_run)).id)
-                        threads += len(shard)
-            except SweepLockHeld as exc:
-                logger.warning("fleet sweep skipped: another sweep holds the lock (%s)", exc.holder)
-                return fleet_result(
-                    PruneReport(dry_run=dry_run), shards=0, skipped=exc.holder.to_dict()
-                )
+        try:
+            with store.use() as saver, lock_unless(dry_run, saver) as lock:
+                for shard in batched(iter_thread_ids(saver), size):
+                    if lock is not None and not lock.held():
+                        stopped = "sweep lock lost"
+                        logger.error("fleet sweep stopped sending shards: its lock was lost")
+                        break
+                    sent.append(tasks.prune_shard.apply_async((shard, plain, dry_run)).id)
+                    threads += len(shard)
+        except SweepLockHeld as exc:
+            logger.warning("fleet sweep skipped: another sweep holds the lock (%s)", exc.holder)
+            skipped = exc.holder.to_dict()
+            return fleet_result(PruneReport(dry_run=dry_run), shards=0, skipped=skipped)
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            store.discard()
+            why = f"{type(exc).__name__}: {exc}"
+            if not sent and task.request.retries < max_retries:
+                wait = backoff(task.request.retries)
+                logger.warning(
+                    "fleet sweep: the store %s failed (%s); retry %d of %d in %.1fs",
+                    store.name, why, task.request.retries + 1, max_retries, wait,
+                )  # fmt: skip
+                raise task.retry(countdown=wait) from exc
+            if not sent:
+                raise
+            stopped = f"reading thread ids failed: {why}"  # fold the shards already sent
+            logger.error("fleet sweep stopped sending shards after %d: %s", len(sent), why)
         logger.info(
             "fleet sweep %s: %d thread(s) sent in %d shard(s) in %.2fs",
             task.request.id, threads, len(sent), time.time() - started,

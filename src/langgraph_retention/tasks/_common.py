@@ -1,0 +1,109 @@
+"""Checks and small helpers the tasks share: limits, argument checks, error triage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from langgraph_retention.config import policy_from_mapping, policy_to_mapping
+from langgraph_retention.engine import check_store
+from langgraph_retention.engine import sweep_lock as store_sweep_lock
+from langgraph_retention.errors import RetentionError, StoreUnavailableError, UsageError
+from langgraph_retention.lock import SweepLock
+from langgraph_retention.policy import RetentionPolicy
+from langgraph_retention.report import PruneReport
+
+__all__ = [
+    "DEFAULT_SHARD_SIZE",
+    "FOLD_POLL_SECONDS",
+    "FOLD_WINDOW",
+    "MAX_SHARD_SIZE",
+    "PolicyLike",
+    "batched",
+    "check_shard_size",
+    "check_thread_ids",
+    "failed_report",
+    "healthy",
+    "lock_unless",
+    "plain_policy",
+    "shown",
+    "transient",
+]
+
+#: Threads per `prune_shard` task unless asked otherwise (each pruned in engine batches),
+#: and the most one message may carry.
+DEFAULT_SHARD_SIZE = 250
+MAX_SHARD_SIZE = 10_000
+#: The fold's wait between looks at the shards: right after progress, and at most.
+FOLD_POLL_SECONDS = (0.2, 5.0)
+#: Shard results the fold reads per look, oldest first.
+FOLD_WINDOW = 200
+
+#: A policy as callers give it; it always travels as `policy_to_mapping` data.
+PolicyLike = RetentionPolicy | Mapping[str, Any]
+
+
+def plain_policy(policy: PolicyLike) -> dict[str, Any]:
+    """`policy` as checked, JSON-ready data; `UsageError` for a bad one."""
+    if not isinstance(policy, RetentionPolicy):
+        policy = policy_from_mapping(policy, where="policy")
+    return policy_to_mapping(policy)
+
+
+def check_thread_ids(value: Any) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise UsageError(f"thread_ids must be a list of thread ids, got {value!r:.80}")
+    if bad := [t for t in value if not isinstance(t, str)]:
+        raise UsageError(f"thread ids must be strings, got {bad[0]!r}")
+    return list(dict.fromkeys(value))
+
+
+def check_shard_size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SHARD_SIZE:
+        raise UsageError(f"shard_size must be a whole number from 1 to {MAX_SHARD_SIZE}: {value!r}")
+    return value
+
+
+def batched(ids: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for tid in ids:
+        batch.append(tid)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def failed_report(ids: Sequence[str], exc: BaseException, dry_run: bool) -> PruneReport:
+    report = PruneReport(dry_run=dry_run)
+    for tid in ids:
+        report.threads_seen += 1
+        report.errors[tid] = f"{type(exc).__name__}: {exc}"
+    return report
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether trying again later may help: not for our own verdicts on the store (a
+    wrong URL, no checkpoint tables), except that its server could not be reached."""
+    return isinstance(exc, StoreUnavailableError) or not isinstance(exc, RetentionError)
+
+
+def lock_unless(dry_run: bool, saver: Any) -> AbstractContextManager[SweepLock | None]:
+    """The store's sweep lock for a real sweep; a dry run deletes nothing and takes none."""
+    return nullcontext() if dry_run else store_sweep_lock(saver)
+
+
+def healthy(saver: Any) -> bool:
+    """Whether the store still answers (a read-only schema check)."""
+    try:
+        check_store(saver)
+    except Exception:
+        return False
+    return True
+
+
+def shown(ids: Sequence[str], limit: int = 20) -> str:
+    more = len(ids) - limit
+    return ", ".join(map(repr, ids[:limit])) + (f" and {more} more" if more > 0 else "")
