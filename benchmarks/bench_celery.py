@@ -9,7 +9,7 @@ sends shards, a `celery worker --pool prefork -c N` prunes them, the fold return
 report), for each `--shard-size`. Rounds are interleaved; the best of `--repeat` counts.
 
     python benchmarks/bench_celery.py [--threads 2000] [--base 200] [--checkpoints 60]
-        [--keep 5] [--concurrency 2] [--shard-size 100 --shard-size 500] [URL]
+        [--keep 5] [--concurrency 2] [--shard-size N ...] [URL]
 
 The broker and result backend are a throwaway Valkey on a free port (as the tests start
 it); the database comes from URL, or the local server, or a throwaway cluster.
@@ -100,7 +100,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads % args.base:
         ap.error("--threads must be a multiple of --base")
-    shard_sizes = args.shard_sizes or [100, 500]
+    shard_sizes = args.shard_sizes or [100, 250, 500]
 
     with bench_database(args.url) as url, redis_stack_server() as redis_url:
         t0 = time.perf_counter()

@@ -353,3 +353,16 @@ def test_report_from_dict_reads_a_fleet_report() -> None:
     report = report_from_dict(json.loads(json.dumps(data)))
 
     assert (report.deleted_checkpoints, report.errors) == (7, {"t": "boom"})
+
+
+def test_fleet_sweep_runs_in_process_under_task_always_eager() -> None:
+    saver = InMemorySaver()
+    populate(build_agent(saver), THREADS)
+    app = Celery("t", broker="memory://")
+    app.conf.task_always_eager = True
+    tasks = register_tasks(app, saver_factory=lambda: saver)
+
+    report = tasks.run_sweep({"keep_last": 2}, shard_size=2).get()
+
+    assert (report["shards"], report["ok"]) == (2, True)
+    assert counts(saver) == {tid: 2 for tid, _ in THREADS}

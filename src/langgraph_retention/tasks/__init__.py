@@ -246,6 +246,9 @@ def register_tasks(
         sent: list[str] = []
         threads = 0
         stopped: str | None = None
+        eager = bool(app.conf.task_always_eager)
+        folded = PruneReport(dry_run=dry_run)
+        failed_eager: dict[str, str] = {}
         try:
             with store.use() as saver, lock_unless(dry_run, saver) as lock:
                 for shard in batched(iter_thread_ids(saver), size):
@@ -253,7 +256,12 @@ def register_tasks(
                         stopped = "sweep lock lost"
                         logger.error("fleet sweep stopped sending shards: its lock was lost")
                         break
-                    sent.append(tasks.prune_shard.apply_async((shard, plain, dry_run)).id)
+                    shard_result = tasks.prune_shard.apply_async((shard, plain, dry_run))
+                    if eager and shard_result.successful():  # task_always_eager: it ran
+                        merge(folded, shard_result.result)
+                    elif eager:
+                        failed_eager[shard_result.id] = repr(shard_result.result)
+                    sent.append(shard_result.id)
                     threads += len(shard)
         except SweepLockHeld as exc:
             logger.warning("fleet sweep skipped: another sweep holds the lock (%s)", exc.holder)
@@ -279,7 +287,11 @@ def register_tasks(
             "fleet sweep %s: %d thread(s) sent in %d shard(s) in %.2fs",
             task.request.id, threads, len(sent), time.time() - started,
         )  # fmt: skip
-        partial = fleet_result(PruneReport(dry_run=dry_run, stopped=stopped), shards=len(sent))
+        folded.stopped = stopped
+        if eager:
+            folded.elapsed_seconds = time.time() - started
+            return fleet_result(folded, shards=len(sent), failed_shards=failed_eager)
+        partial = fleet_result(folded, shards=len(sent))
         deadline = started + fold_timeout.total_seconds()
         return task.replace(tasks.fold.s(sent, partial, started, deadline))  # type: ignore[no-any-return]
 
