@@ -21,6 +21,7 @@ from langgraph_retention.errors import SweepLockHeld
 from langgraph_retention.lock import SweepLock
 from langgraph_retention.policy import RetentionPolicy
 from langgraph_retention.report import PruneReport, Stats, ThreadResult, ThreadStats
+from langgraph_retention.rules import EXEMPT, PolicySource, Resolver, resolver_of
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -52,13 +53,32 @@ Progress = Callable[[ThreadResult], None]
 Stop = Callable[[], bool]
 
 
-def _check_policy(policy: Any) -> RetentionPolicy:
-    if not isinstance(policy, RetentionPolicy):
-        raise TypeError(
-            f"policy must be a RetentionPolicy, e.g. RetentionPolicy(keep_last=10); "
-            f"got {type(policy).__name__}"
-        )
-    return policy
+def _check_policy(policy: Any) -> Resolver:
+    return resolver_of(policy)
+
+
+def _group(
+    thread_ids: Sequence[str], resolve: Resolver
+) -> tuple[dict[RetentionPolicy, list[str]], list[ThreadResult]]:
+    """A batch's threads grouped by their policy, and the results already settled:
+    exempt threads, and threads the resolver failed on (reported, never guessed)."""
+    groups: dict[RetentionPolicy, list[str]] = {}
+    settled: list[ThreadResult] = []
+    for tid in thread_ids:
+        try:
+            resolution = resolve(tid)
+        except Exception as exc:
+            settled.append(ThreadResult(tid, error=f"policy resolver failed: {exc!r}"))
+            continue
+        if isinstance(resolution, RetentionPolicy):
+            groups.setdefault(resolution, []).append(tid)
+        elif resolution == EXEMPT:
+            settled.append(ThreadResult(tid, exempt=True))
+        else:
+            settled.append(
+                ThreadResult(tid, error=f"policy resolver returned {resolution!r}, not a policy")
+            )
+    return groups, settled
 
 
 def _check_thread_id(thread_id: Any) -> str:
@@ -129,6 +149,33 @@ async def _aprune_batch(
     if backend.is_async:
         return await backend.aprune_batch(ids, policy, dry_run=dry_run, now=now)
     return await asyncio.to_thread(backend.prune_batch, ids, policy, dry_run=dry_run, now=now)
+
+
+def _sweep_batch(
+    backend: Backend, ids: Sequence[str], resolve: Resolver, dry_run: bool, now: datetime
+) -> list[ThreadResult]:
+    """One batch of a sweep: a transaction per policy among its threads; a failing one
+    fails its threads only."""
+    groups, results = _group(ids, resolve)
+    for policy, group in groups.items():
+        try:
+            results += _prune_batch(backend, group, policy, dry_run, now)
+        except Exception as exc:
+            results += _failed_batch(group, exc)
+    return results
+
+
+async def _asweep_batch(
+    backend: Backend, ids: Sequence[str], resolve: Resolver, dry_run: bool, now: datetime
+) -> list[ThreadResult]:
+    """`_sweep_batch` on asyncio."""
+    groups, results = _group(ids, resolve)
+    for policy, group in groups.items():
+        try:
+            results += await _aprune_batch(backend, group, policy, dry_run, now)
+        except Exception as exc:
+            results += _failed_batch(group, exc)
+    return results
 
 
 def _failed_batch(ids: Sequence[str], exc: BaseException) -> list[ThreadResult]:
@@ -221,7 +268,7 @@ async def _async_thread_ids(backend: Backend) -> AsyncIterator[str]:
 
 
 def prune_thread(
-    saver: Any, thread_id: str, policy: RetentionPolicy, *, dry_run: bool = False
+    saver: Any, thread_id: str, policy: PolicySource, *, dry_run: bool = False
 ) -> PruneReport:
     """Prune one thread of `saver` to `policy`, in one transaction.
 
@@ -230,12 +277,13 @@ def prune_thread(
     errors (server down, ...) are raised.
     """
     _check_thread_id(thread_id)
-    _check_policy(policy)
+    groups, results = _group([thread_id], _check_policy(policy))
     backend = resolve_backend(saver)
     report = PruneReport(dry_run=dry_run)
     start = time.perf_counter()
     now = datetime.now(UTC)
-    results = _prune_batch(backend, [thread_id], policy, dry_run, now)
+    for one_policy, ids in groups.items():
+        results += _prune_batch(backend, ids, one_policy, dry_run, now)
     _record(report, results, None)
     if not dry_run:
         metrics.record_results(results)
@@ -244,16 +292,17 @@ def prune_thread(
 
 
 async def aprune_thread(
-    saver: Any, thread_id: str, policy: RetentionPolicy, *, dry_run: bool = False
+    saver: Any, thread_id: str, policy: PolicySource, *, dry_run: bool = False
 ) -> PruneReport:
     """Async `prune_thread`."""
     _check_thread_id(thread_id)
-    _check_policy(policy)
+    groups, results = _group([thread_id], _check_policy(policy))
     backend = resolve_backend(saver)
     report = PruneReport(dry_run=dry_run)
     start = time.perf_counter()
     now = datetime.now(UTC)
-    results = await _aprune_batch(backend, [thread_id], policy, dry_run, now)
+    for one_policy, ids in groups.items():
+        results += await _aprune_batch(backend, ids, one_policy, dry_run, now)
     _record(report, results, None)
     if not dry_run:
         metrics.record_results(results)
@@ -263,7 +312,7 @@ async def aprune_thread(
 
 def sweep(
     saver: Any,
-    policy: RetentionPolicy,
+    policy: PolicySource,
     *,
     thread_ids: Iterable[str] | None = None,
     dry_run: bool = False,
@@ -282,7 +331,7 @@ def sweep(
     `SweepLockHeld` naming the holder when another sweep has it; a lock lost midway
     stops the sweep after its current batch.
     """
-    _check_policy(policy)
+    resolve = _check_policy(policy)
     ids = _check_thread_ids(thread_ids)
     size = _check_batch_size(batch_size)
     backend = resolve_backend(saver)
@@ -300,10 +349,7 @@ def sweep(
             report.stopped = _stop_reason(stop, held)
             if report.stopped is not None:
                 break
-            try:
-                results = _prune_batch(backend, batch, policy, dry_run, now)
-            except Exception as exc:
-                results = _failed_batch(batch, exc)
+            results = _sweep_batch(backend, batch, resolve, dry_run, now)
             _record(report, results, progress)
             if not dry_run:
                 metrics.record_results(results)
@@ -323,7 +369,7 @@ def sweep(
 
 async def asweep(
     saver: Any,
-    policy: RetentionPolicy,
+    policy: PolicySource,
     *,
     thread_ids: Iterable[str] | None = None,
     dry_run: bool = False,
@@ -333,7 +379,7 @@ async def asweep(
     exclusive: bool = False,
 ) -> PruneReport:
     """Async `sweep` (the lock's blocking calls run in a worker thread)."""
-    _check_policy(policy)
+    resolve = _check_policy(policy)
     ids = _check_thread_ids(thread_ids)
     size = _check_batch_size(batch_size)
     backend = resolve_backend(saver)
@@ -359,10 +405,7 @@ async def asweep(
             report.stopped = _stop_reason(stop, held)
             if report.stopped is not None:
                 break
-            try:
-                results = await _aprune_batch(backend, batch, policy, dry_run, now)
-            except Exception as exc:
-                results = _failed_batch(batch, exc)
+            results = await _asweep_batch(backend, batch, resolve, dry_run, now)
             _record(report, results, progress)
             if not dry_run:
                 metrics.record_results(results)

@@ -163,7 +163,7 @@ class RetentionPolicy:
             _zone(self.timezone)
         except (ZoneInfoNotFoundError, ValueError, TypeError):
             raise ValueError(
-                f"timezone must be an IANA name like 'Europe/Berlin', got {self.timezone!r}"
+                f"unknown time zone {self.timezone!r}; use an IANA name like 'Europe/Berlin'"
             ) from None
         if self.delta_channels not in ("keep_ancestry", "refuse"):
             raise ValueError(

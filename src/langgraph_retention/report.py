@@ -40,6 +40,8 @@ class ThreadResult:
     kept_checkpoints: int = 0
     bytes_freed: int = 0
     error: str | None = None
+    #: The policy rules left this thread alone (`EXEMPT`).
+    exempt: bool = False
 
 
 @dataclass(slots=True)
@@ -56,6 +58,8 @@ class PruneReport:
     bytes_freed: int = 0
     threads_seen: int = 0
     threads_pruned: int = 0
+    #: Threads the policy rules exempted (counted in `threads_seen`, never touched).
+    threads_exempt: int = 0
     dry_run: bool = False
     elapsed_seconds: float = 0.0
     errors: dict[str, str] = field(default_factory=dict)
@@ -73,6 +77,9 @@ class PruneReport:
         self.threads_seen += 1
         if result.error is not None:
             self.errors[result.thread_id] = result.error
+            return
+        if result.exempt:
+            self.threads_exempt += 1
             return
         self.deleted_checkpoints += result.deleted_checkpoints
         self.deleted_writes += result.deleted_writes

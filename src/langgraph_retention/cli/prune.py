@@ -28,6 +28,7 @@ from ._common import (
     policy_from_args,
     positive_int,
     progress_enabled,
+    settings_from_args,
 )
 
 __all__ = ["add_parser", "print_report", "run"]
@@ -64,7 +65,8 @@ def print_report(report: PruneReport, as_json: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    policy = policy_from_args(args)
+    settings = settings_from_args(args)
+    policy = policy_from_args(args, settings)
     with opened(args.url) as saver:
         if args.vacuum and not can_compact(saver):
             print("langgraph-retention: error: --vacuum only applies to SQLite", file=sys.stderr)
