@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 from langgraph_retention.policy import (
     BUCKETS,
     CheckpointEntry,
+    Expiry,
     RetentionPolicy,
     checkpoint_time,
+    expire_plan,
     plan_thread,
     thread_expiry,
 )
@@ -199,10 +201,15 @@ def test_explain_says_what_max_bytes_dropped() -> None:
     assert plan.reasons[("", entries[0].checkpoint_id)] == ("over max_bytes",)
 
 
+def span(entries: list[CheckpointEntry]) -> tuple[str, str]:
+    ids = [e.checkpoint_id for e in entries]
+    return min(ids), max(ids)
+
+
 def test_thread_idle_longer_than_idle_ttl_expires() -> None:
     entries = history([NOW - timedelta(days=40), NOW - timedelta(days=31)])
 
-    reason = thread_expiry(entries, RetentionPolicy(idle_ttl=timedelta(days=30)), NOW)
+    reason = thread_expiry(*span(entries), RetentionPolicy(idle_ttl=timedelta(days=30)), NOW)
 
     assert reason == "idle 31d > idle_ttl 30d"
 
@@ -210,15 +217,32 @@ def test_thread_idle_longer_than_idle_ttl_expires() -> None:
 def test_thread_active_within_idle_ttl_stays() -> None:
     entries = history([NOW - timedelta(days=40), NOW - timedelta(days=1)])
 
-    assert thread_expiry(entries, RetentionPolicy(idle_ttl=timedelta(days=30)), NOW) is None
+    assert thread_expiry(*span(entries), RetentionPolicy(idle_ttl=timedelta(days=30)), NOW) is None
 
 
 def test_thread_older_than_max_age_expires_even_when_active() -> None:
     entries = history([NOW - timedelta(days=40), NOW - timedelta(minutes=5)])
 
-    reason = thread_expiry(entries, RetentionPolicy(max_age=timedelta(days=30)), NOW)
+    reason = thread_expiry(*span(entries), RetentionPolicy(max_age=timedelta(days=30)), NOW)
 
     assert reason == "age 40d > max_age 30d"
+
+
+def test_expired_thread_plan_deletes_every_namespace() -> None:
+    entries = history(hours_ago(3, 2)) + history(hours_ago(1), ns="sub")
+    newest = max(e.checkpoint_id for e in entries)
+
+    plan = expire_plan(entries, Expiry(newest, "idle 31d > idle_ttl 30d"), explain=True)
+
+    assert plan is not None and plan.kept_count == 0 and plan.deleted_count == 3
+    assert plan.reasons is not None
+    assert set(plan.reasons.values()) == {("thread expired: idle 31d > idle_ttl 30d",)}
+
+
+def test_thread_written_since_the_decision_does_not_expire() -> None:
+    entries = history(hours_ago(3, 2, 1))
+
+    assert expire_plan(entries, Expiry(entries[1].checkpoint_id, "idle")) is None
 
 
 @pytest.mark.parametrize(

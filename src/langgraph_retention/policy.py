@@ -29,10 +29,12 @@ from langgraph_retention.errors import DeltaChannelError
 __all__ = [
     "BUCKETS",
     "CheckpointEntry",
+    "Expiry",
     "RetentionPolicy",
     "ThreadPlan",
     "checkpoint_time",
     "delta_needs",
+    "expire_plan",
     "plan_thread",
     "thread_expiry",
 ]
@@ -295,25 +297,50 @@ def delta_needs(
     return frozenset((set(versioned) & set(delta_channels)) - set(stored))
 
 
+class Expiry(NamedTuple):
+    """A whole thread to delete, if its newest checkpoint is still `newest_id` when the
+    deleting transaction reads it (a run that started meanwhile keeps the thread)."""
+
+    newest_id: str
+    reason: str
+
+
 def thread_expiry(
-    entries: Iterable[CheckpointEntry], policy: RetentionPolicy, now: datetime
+    first_id: str, newest_id: str, policy: RetentionPolicy, now: datetime
 ) -> str | None:
     """Why the whole thread expires under `policy` (`idle_ttl`, `max_age`), else None.
 
-    Times come from the checkpoint ids (UUIDv6); a thread with no dated checkpoint never
-    expires.
+    `first_id` and `newest_id` are the thread's oldest and newest checkpoint ids over
+    every namespace; times come from them (UUIDv6), and a thread whose ids carry no time
+    never expires.
     """
     if not policy.expires_threads:
         return None
-    times = [t for e in entries if (t := checkpoint_time(e.checkpoint_id)) is not None]
-    if not times:
-        return None
-    newest, first = max(times), min(times)
-    if policy.idle_ttl is not None and now - newest > policy.idle_ttl:
+    newest, first = checkpoint_time(newest_id), checkpoint_time(first_id)
+    if policy.idle_ttl is not None and newest is not None and now - newest > policy.idle_ttl:
         return f"idle {_span(now - newest)} > idle_ttl {_span(policy.idle_ttl)}"
-    if policy.max_age is not None and now - first > policy.max_age:
+    if policy.max_age is not None and first is not None and now - first > policy.max_age:
         return f"age {_span(now - first)} > max_age {_span(policy.max_age)}"
     return None
+
+
+def expire_plan(
+    entries: Iterable[CheckpointEntry], expiry: Expiry, *, explain: bool = False
+) -> ThreadPlan | None:
+    """The plan deleting every checkpoint of the thread, or None when its newest is no
+    longer `expiry.newest_id` (a run wrote since the decision: the thread stays)."""
+    by_ns: dict[str, list[str]] = defaultdict(list)
+    for e in entries:
+        by_ns[e.checkpoint_ns].append(e.checkpoint_id)
+    if not by_ns or max(max(ids) for ids in by_ns.values()) != expiry.newest_id:
+        return None
+    plan = ThreadPlan(reasons={} if explain else None)
+    for ns, ids in by_ns.items():
+        plan.delete[ns] = sorted(ids, reverse=True)
+        if plan.reasons is not None:
+            for cid in ids:
+                plan.reasons[(ns, cid)] = (f"thread expired: {expiry.reason}",)
+    return plan
 
 
 def _span(value: timedelta) -> str:
