@@ -96,6 +96,15 @@ def _group(
     return groups, settled
 
 
+def _check_now(now: datetime | None) -> datetime:
+    """The time rules measure against: now, or a given aware time (what-if dry runs)."""
+    if now is None:
+        return datetime.now(UTC)
+    if not isinstance(now, datetime) or now.tzinfo is None:
+        raise TypeError(f"now must be a timezone-aware datetime, got {now!r}")
+    return now
+
+
 def _check_thread_id(thread_id: Any) -> str:
     if not isinstance(thread_id, str):
         raise TypeError(f"thread_id must be a str, got {type(thread_id).__name__}")
@@ -365,6 +374,7 @@ def prune_thread(
     dry_run: bool = False,
     explain: bool = False,
     on_before_delete: OnBeforeDelete | None = None,
+    now: datetime | None = None,
 ) -> PruneReport:
     """Prune one thread of `saver` to `policy`, in one transaction.
 
@@ -372,14 +382,15 @@ def prune_thread(
     (broken DeltaChannel history) is reported in `errors` with nothing deleted; storage
     errors (server down, ...) are raised. `explain` fills `report.decisions` with every
     checkpoint and why; `on_before_delete(thread_id, reason)` returning False keeps a
-    thread `idle_ttl`/`max_age` would delete whole.
+    thread `idle_ttl`/`max_age` would delete whole. Time rules measure from `now`
+    (default: the current time; another one answers "what would a prune then delete?").
     """
     _check_thread_id(thread_id)
     groups, results = _group([thread_id], _check_policy(policy))
     backend = resolve_backend(saver)
     report = PruneReport(dry_run=dry_run)
     start = time.perf_counter()
-    run = _Pass(dry_run, datetime.now(UTC), explain, on_before_delete)
+    run = _Pass(dry_run, _check_now(now), explain, on_before_delete)
     for one_policy, ids in groups.items():
         results += _prune_batch(backend, ids, one_policy, run)
     _record(report, results, None)
@@ -397,6 +408,7 @@ async def aprune_thread(
     dry_run: bool = False,
     explain: bool = False,
     on_before_delete: OnBeforeDelete | None = None,
+    now: datetime | None = None,
 ) -> PruneReport:
     """Async `prune_thread`."""
     _check_thread_id(thread_id)
@@ -404,7 +416,7 @@ async def aprune_thread(
     backend = resolve_backend(saver)
     report = PruneReport(dry_run=dry_run)
     start = time.perf_counter()
-    run = _Pass(dry_run, datetime.now(UTC), explain, on_before_delete)
+    run = _Pass(dry_run, _check_now(now), explain, on_before_delete)
     for one_policy, ids in groups.items():
         results += await _aprune_batch(backend, ids, one_policy, run)
     _record(report, results, None)
@@ -426,6 +438,7 @@ def sweep(
     exclusive: bool = False,
     explain: bool = False,
     on_before_delete: OnBeforeDelete | None = None,
+    now: datetime | None = None,
 ) -> PruneReport:
     """Prune many threads (None: every thread in the store), streamed in batches.
 
@@ -448,7 +461,7 @@ def sweep(
         lock = _on_loop(backend, backend.asweep_lock) if backend.is_async else backend.sweep_lock()
         _skipped(lock)
     start = time.perf_counter()
-    run = _Pass(dry_run, datetime.now(UTC), explain, on_before_delete)
+    run = _Pass(dry_run, _check_now(now), explain, on_before_delete)
     try:
         source: Iterable[str] = ids if ids is not None else _sync_thread_ids(backend)
         for batch in _batched(source, size):
@@ -486,6 +499,7 @@ async def asweep(
     exclusive: bool = False,
     explain: bool = False,
     on_before_delete: OnBeforeDelete | None = None,
+    now: datetime | None = None,
 ) -> PruneReport:
     """Async `sweep` (the lock's blocking calls run in a worker thread)."""
     resolve = _check_policy(policy)
@@ -501,7 +515,7 @@ async def asweep(
             lock = await asyncio.to_thread(backend.sweep_lock)
         await asyncio.to_thread(_skipped, lock)
     start = time.perf_counter()
-    run = _Pass(dry_run, datetime.now(UTC), explain, on_before_delete)
+    run = _Pass(dry_run, _check_now(now), explain, on_before_delete)
 
     async def given() -> AsyncIterator[str]:
         for tid in ids or ():

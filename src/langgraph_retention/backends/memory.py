@@ -66,6 +66,7 @@ class MemoryBackend(Backend):
             if INTERRUPT in channels:
                 interrupted.add((ns, cid))
             write_bytes[(ns, cid)] = sum(len(w[2][1]) for w in writes.values())
+        blob_bytes = self._blob_bytes(thread_id, snapshot, bodies)
         entries: list[CheckpointEntry] = []
         for ns, rows in snapshot.items():
             names = delta_names.get(ns, set())
@@ -87,12 +88,37 @@ class MemoryBackend(Backend):
                         parents=metas[(ns, cid)].get("parents") or {},
                         delta_needs=delta_needs(names, versions, stored) if names else frozenset(),
                         sends_parent=body.get("v", 0) < 4 and (ns, parent) in sends_at,
-                        size=len(cp_typed[1]) + len(meta_typed[1]) + write_bytes.get((ns, cid), 0),
+                        size=len(cp_typed[1])
+                        + len(meta_typed[1])
+                        + write_bytes.get((ns, cid), 0)
+                        + blob_bytes.get((ns, cid), 0),
                         tags=frozenset({tag}) if tag and metas[(ns, cid)].get(tag) else frozenset(),
                         interrupted=(ns, cid) in interrupted,
                     )
                 )
         return entries, bodies
+
+    def _blob_bytes(
+        self,
+        thread_id: str,
+        snapshot: Mapping[str, list[tuple[str, Any]]],
+        bodies: Mapping[tuple[str, str], Any],
+    ) -> dict[tuple[str, str], int]:
+        """Each channel value's bytes, counted once, on the newest checkpoint that loads
+        it: the checkpoint whose deletion, with its elders', frees the value."""
+        newest_user: dict[tuple[str, str, Any], str] = {}
+        for ns, rows in snapshot.items():
+            for cid, _row in rows:
+                for channel, version in bodies[(ns, cid)].get("channel_versions", {}).items():
+                    key = (ns, channel, version)
+                    if cid > newest_user.get(key, ""):
+                        newest_user[key] = cid
+        sizes: dict[tuple[str, str], int] = {}
+        for (ns, channel, version), cid in newest_user.items():
+            blob = self.saver.blobs.get((thread_id, ns, channel, version))
+            if blob is not None:
+                sizes[(ns, cid)] = sizes.get((ns, cid), 0) + len(blob[1])
+        return sizes
 
     def _prune_one(
         self,
