@@ -136,3 +136,23 @@ def build_delta_graph(checkpointer: Any, *, snapshot_frequency: int = 7) -> Any:
     g.add_edge("first", "second")
     g.add_edge("second", END)
     return g.compile(checkpointer=checkpointer)
+
+
+def broken_delta_store(path: Any, thread_id: str) -> Any:
+    """A SQLite store (its open connection) holding one DeltaChannel thread whose history a
+    naive cleanup broke: the newest checkpoint's parent, which its `items` value is rebuilt
+    through, is gone. Every prune must refuse that thread."""
+    import sqlite3
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    conn = sqlite3.connect(str(path), check_same_thread=False)
+    graph = build_delta_graph(SqliteSaver(conn), snapshot_frequency=100)
+    for i in range(3):
+        graph.invoke({"items": [f"i{i}"]}, config(thread_id))
+    (parent,) = conn.execute(
+        "SELECT parent_checkpoint_id FROM checkpoints ORDER BY checkpoint_id DESC LIMIT 1"
+    ).fetchone()
+    conn.execute("DELETE FROM checkpoints WHERE checkpoint_id = ?", (parent,))
+    conn.commit()
+    return conn

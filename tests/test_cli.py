@@ -146,21 +146,10 @@ def test_unreachable_server_is_a_usage_error_in_one_line() -> None:
 
 
 def test_failed_thread_exits_one(tmp_path: Path) -> None:
-    from .graphs import build_delta_graph, config
+    from .graphs import broken_delta_store
 
     path = tmp_path / "delta.db"
-    conn = sqlite3.connect(str(path), check_same_thread=False)
-    graph = build_delta_graph(SqliteSaver(conn), snapshot_frequency=100)
-    for i in range(3):
-        graph.invoke({"items": [f"i{i}"]}, config("d"))
-    # Break the thread's DeltaChannel history the way a naive cleanup would: drop the
-    # newest checkpoint's parent, which its `items` value is rebuilt through.
-    (parent,) = conn.execute(
-        "SELECT parent_checkpoint_id FROM checkpoints ORDER BY checkpoint_id DESC LIMIT 1"
-    ).fetchone()
-    conn.execute("DELETE FROM checkpoints WHERE checkpoint_id = ?", (parent,))
-    conn.commit()
-    conn.close()
+    broken_delta_store(path, "d").close()
 
     proc = run("prune", "--url", f"sqlite:///{path}", "--keep-last", "1", "--all")
 

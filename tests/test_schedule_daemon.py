@@ -204,7 +204,7 @@ def test_url_comes_from_the_environment(sqlite_url: str, tmp_path: Path) -> None
         (("--cron", "0 2 * * *", "--report-cron", "whenever"), "bad cron expression 'whenever'"),
         (("--every", "5 minutes"), "argument --every"),
         (("--every", "0s"), "at least 1s"),
-        ((), "one of the arguments --cron --every is required"),
+        ((), "no schedule: give --cron EXPR or --every DURATION"),
         (("--cron", "0 2 * * *", "--metrics-port", "99999"), "not a TCP port"),
     ],
 )

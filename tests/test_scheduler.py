@@ -22,7 +22,7 @@ from langgraph_retention.clock import ManualClock
 from langgraph_retention.demo import build_agent, populate
 from langgraph_retention.scheduler import Scheduler
 
-from .graphs import build_delta_graph, config
+from .graphs import broken_delta_store
 
 THREADS = [("a:1", 3), ("b:2", 3), ("c:3", 3), ("d:4", 3)]  # 15 checkpoints each
 KEEP = RetentionPolicy(keep_last=2)
@@ -233,17 +233,7 @@ def test_stats_report_runs_on_its_own_schedule(saver: SqliteSaver, clock: Manual
 def test_failed_thread_is_logged_by_id_and_counted(
     tmp_path: Path, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = tmp_path / "delta.db"
-    conn = sqlite3.connect(str(path), check_same_thread=False)
-    graph = build_delta_graph(SqliteSaver(conn), snapshot_frequency=100)
-    for i in range(3):
-        graph.invoke({"items": [f"i{i}"]}, config("broken:delta"))
-    # Break the thread's DeltaChannel history as a naive cleanup would.
-    (parent,) = conn.execute(
-        "SELECT parent_checkpoint_id FROM checkpoints ORDER BY checkpoint_id DESC LIMIT 1"
-    ).fetchone()
-    conn.execute("DELETE FROM checkpoints WHERE checkpoint_id = ?", (parent,))
-    conn.commit()
+    conn = broken_delta_store(tmp_path / "delta.db", "broken:delta")
     caplog.set_level(logging.INFO, logger="langgraph_retention")
 
     with daily(SqliteSaver(conn), clock) as scheduler:

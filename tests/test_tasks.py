@@ -21,10 +21,17 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from langgraph_retention import RetentionPolicy, stats, sweep
+from langgraph_retention.config import policy_to_mapping
 from langgraph_retention.demo import build_agent, populate
 from langgraph_retention.errors import UsageError
 from langgraph_retention.report import PruneReport
-from langgraph_retention.tasks import RetentionTasks, register_tasks, report_from_dict
+from langgraph_retention.rules import EXEMPT, ThreadRules
+from langgraph_retention.tasks import (
+    RetentionTasks,
+    plain_policy,
+    register_tasks,
+    report_from_dict,
+)
 from langgraph_retention.tasks._reports import fleet_result
 
 from .celery_app import Worker, broker_url, celery_worker
@@ -196,6 +203,19 @@ def test_fleet_sweep_whose_connection_broke_reconnects_and_prunes(pg: Store) -> 
     assert counts(pg.saver) == {tid: 3 for tid, _ in THREADS}
 
 
+def test_fleet_sweep_applies_per_thread_rules_sent_as_data(pg: Store) -> None:
+    populate(build_agent(pg.saver), [*THREADS, ("vip:7", 3)])
+    rules = ThreadRules(
+        RetentionPolicy(keep_last=2),
+        [("vip:*", EXEMPT), ("b *", RetentionPolicy(keep_last=4))],
+    )
+
+    report = pg.tasks.run_sweep(rules, shard_size=2).get(timeout=RESULT_TIMEOUT)
+
+    assert (report["threads_exempt"], report["ok"]) == (1, True)
+    assert counts(pg.saver) == {"a:1": 2, "b 2": 4, "客服/3": 2, "vip:7": 15}
+
+
 def test_fleet_dry_run_deletes_nothing(pg: Store) -> None:
     populate(build_agent(pg.saver), THREADS)
     before = counts(pg.saver)
@@ -260,6 +280,20 @@ def test_a_bad_policy_is_rejected_before_anything_is_sent() -> None:
         tasks.run_sweep({"keep_last": 0})
 
 
+def test_rules_travel_as_the_settings_files_data() -> None:
+    rules = ThreadRules(RetentionPolicy(keep_last=2), [("vip:*", EXEMPT)])
+
+    data = json.loads(json.dumps(plain_policy(rules)))
+
+    assert data["rules"] == [{"match": "vip:*", "exempt": True}]
+    assert plain_policy(data) == data
+
+
+def test_a_resolver_function_cannot_travel_to_workers() -> None:
+    with pytest.raises(UsageError, match="cannot travel to workers"):
+        plain_policy(lambda _tid: RetentionPolicy())  # type: ignore[arg-type]
+
+
 def test_register_tasks_needs_exactly_one_store() -> None:
     with pytest.raises(UsageError, match="exactly one of url= or saver_factory="):
         register_tasks(Celery("t", broker="memory://"))
@@ -320,8 +354,8 @@ def test_beat_entry_from_cron_runs_the_sweep_daily_at_0200(
     entry.schedule.nowfun = lambda: datetime(2025, 7, 30, 2, 0, 1, tzinfo=UTC)
     at_two = entry.schedule.is_due(last_run)
 
-    assert (entry.task, entry.args) == (tasks.sweep.name, ({"keep_last": 5, "keep_within": None,
-                                         "delta_channels": "keep_ancestry"},))  # fmt: skip
+    assert entry.task == tasks.sweep.name
+    assert entry.args == (policy_to_mapping(RetentionPolicy(keep_last=5)),)
     assert (before.is_due, before.next) == (False, 3600)
     assert at_two.is_due
 

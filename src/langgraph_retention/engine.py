@@ -9,24 +9,37 @@ their own event loop (as their own sync methods do).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from langgraph_retention import metrics
 from langgraph_retention.backends import Backend, resolve_backend
+from langgraph_retention.backends.base import Span
 from langgraph_retention.errors import SweepLockHeld
 from langgraph_retention.lock import SweepLock
-from langgraph_retention.policy import RetentionPolicy
+from langgraph_retention.policy import Expiry, RetentionPolicy, thread_expiry
 from langgraph_retention.report import PruneReport, Stats, ThreadResult, ThreadStats
+from langgraph_retention.rules import EXEMPT, PolicySource, Resolver, resolver_of
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
+    "OnBeforeDelete",
     "Stop",
     "acheck_store",
     "aprune_thread",
@@ -51,17 +64,48 @@ DEFAULT_BATCH_SIZE = 100
 
 T = TypeVar("T")
 Progress = Callable[[ThreadResult], None]
+#: Asked before a whole thread is deleted for `idle_ttl`/`max_age`, with its id and the
+#: reason; False keeps it. It runs between transactions, so it may look things up.
+OnBeforeDelete = Callable[[str, str], bool | None]
 #: Asked before each batch of a sweep; True ends the sweep there (a SIGTERM handler's flag).
 Stop = Callable[[], bool]
 
 
-def _check_policy(policy: Any) -> RetentionPolicy:
-    if not isinstance(policy, RetentionPolicy):
-        raise TypeError(
-            f"policy must be a RetentionPolicy, e.g. RetentionPolicy(keep_last=10); "
-            f"got {type(policy).__name__}"
-        )
-    return policy
+def _check_policy(policy: Any) -> Resolver:
+    return resolver_of(policy)
+
+
+def _group(
+    thread_ids: Sequence[str], resolve: Resolver
+) -> tuple[dict[RetentionPolicy, list[str]], list[ThreadResult]]:
+    """A batch's threads grouped by their policy, and the results already settled:
+    exempt threads, and threads the resolver failed on (reported, never guessed)."""
+    groups: dict[RetentionPolicy, list[str]] = {}
+    settled: list[ThreadResult] = []
+    for tid in thread_ids:
+        try:
+            resolution = resolve(tid)
+        except Exception as exc:
+            settled.append(ThreadResult(tid, error=f"policy resolver failed: {exc!r}"))
+            continue
+        if isinstance(resolution, RetentionPolicy):
+            groups.setdefault(resolution, []).append(tid)
+        elif resolution == EXEMPT:
+            settled.append(ThreadResult(tid, exempt=True))
+        else:
+            settled.append(
+                ThreadResult(tid, error=f"policy resolver returned {resolution!r}, not a policy")
+            )
+    return groups, settled
+
+
+def _check_now(now: datetime | None) -> datetime:
+    """The time rules measure against: now, or a given aware time (what-if dry runs)."""
+    if now is None:
+        return datetime.now(UTC)
+    if not isinstance(now, datetime) or now.tzinfo is None:
+        raise TypeError(f"now must be a timezone-aware datetime, got {now!r}")
+    return now
 
 
 def _check_thread_id(thread_id: Any) -> str:
@@ -116,22 +160,124 @@ def _on_loop(backend: Backend, make: Callable[[], Awaitable[T]]) -> T:
     return loop.run_until_complete(call())
 
 
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """One prune's or sweep's settings, as each of its batches needs them."""
+
+    dry_run: bool
+    now: datetime
+    explain: bool = False
+    approve: OnBeforeDelete | None = None
+
+
+def _expiries(
+    spans: Mapping[str, Span], policy: RetentionPolicy, run: _Pass
+) -> tuple[dict[str, Expiry], list[ThreadResult]]:
+    """The threads to delete whole, and the threads the hook failed on (kept, reported).
+
+    `on_before_delete` runs here, outside any transaction: False keeps the thread."""
+    expire: dict[str, Expiry] = {}
+    failed: list[ThreadResult] = []
+    for tid, (first, newest) in spans.items():
+        reason = thread_expiry(first, newest, policy, run.now)
+        if reason is None:
+            continue
+        if run.approve is not None:
+            try:
+                verdict = run.approve(tid, reason)
+            except Exception as exc:
+                failed.append(ThreadResult(tid, error=f"on_before_delete failed: {exc!r}"))
+                continue
+            if verdict is False:
+                logger.info("thread %r kept: on_before_delete vetoed its expiry (%s)", tid, reason)
+                continue
+        expire[tid] = Expiry(newest, reason)
+    return expire, failed
+
+
 def _prune_batch(
-    backend: Backend, ids: Sequence[str], policy: RetentionPolicy, dry_run: bool, now: datetime
+    backend: Backend, ids: Sequence[str], policy: RetentionPolicy, run: _Pass
 ) -> list[ThreadResult]:
+    """Prune threads sharing one policy (whole threads gone where they expired)."""
+    expire: dict[str, Expiry] = {}
+    results: list[ThreadResult] = []
+    if policy.expires_threads:
+        if backend.is_async:
+            spans = _on_loop(backend, lambda: backend.athread_spans(ids))
+        else:
+            spans = backend.thread_spans(ids)
+        expire, results = _expiries(spans, policy, run)
+        ids = _without(ids, results)
     if backend.is_async:
-        return _on_loop(
-            backend, lambda: backend.aprune_batch(ids, policy, dry_run=dry_run, now=now)
+        return results + _on_loop(
+            backend,
+            lambda: backend.aprune_batch(
+                ids, policy, dry_run=run.dry_run, now=run.now, explain=run.explain, expire=expire
+            ),
         )
-    return backend.prune_batch(ids, policy, dry_run=dry_run, now=now)
+    return results + backend.prune_batch(
+        ids, policy, dry_run=run.dry_run, now=run.now, explain=run.explain, expire=expire
+    )
 
 
 async def _aprune_batch(
-    backend: Backend, ids: Sequence[str], policy: RetentionPolicy, dry_run: bool, now: datetime
+    backend: Backend, ids: Sequence[str], policy: RetentionPolicy, run: _Pass
 ) -> list[ThreadResult]:
-    if backend.is_async:
-        return await backend.aprune_batch(ids, policy, dry_run=dry_run, now=now)
-    return await asyncio.to_thread(backend.prune_batch, ids, policy, dry_run=dry_run, now=now)
+    """`_prune_batch` on asyncio."""
+    expire: dict[str, Expiry] = {}
+    results: list[ThreadResult] = []
+    if policy.expires_threads:
+        if backend.is_async:
+            spans = await backend.athread_spans(ids)
+        else:
+            spans = await asyncio.to_thread(backend.thread_spans, ids)
+        expire, results = _expiries(spans, policy, run)
+        ids = _without(ids, results)
+    call = backend.aprune_batch if backend.is_async else _in_thread(backend.prune_batch)
+    return results + await call(
+        ids, policy, dry_run=run.dry_run, now=run.now, explain=run.explain, expire=expire
+    )
+
+
+def _in_thread(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """`fn` as a coroutine function running in a worker thread (sync savers)."""
+
+    async def call(*args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+
+    return call
+
+
+def _without(ids: Sequence[str], settled: Sequence[ThreadResult]) -> list[str]:
+    done = {r.thread_id for r in settled}
+    return [tid for tid in ids if tid not in done]
+
+
+def _sweep_batch(
+    backend: Backend, ids: Sequence[str], resolve: Resolver, run: _Pass
+) -> list[ThreadResult]:
+    """One batch of a sweep: a transaction per policy among its threads; a failing one
+    fails its threads only."""
+    groups, results = _group(ids, resolve)
+    for policy, group in groups.items():
+        try:
+            results += _prune_batch(backend, group, policy, run)
+        except Exception as exc:
+            results += _failed_batch(group, exc)
+    return results
+
+
+async def _asweep_batch(
+    backend: Backend, ids: Sequence[str], resolve: Resolver, run: _Pass
+) -> list[ThreadResult]:
+    """`_sweep_batch` on asyncio."""
+    groups, results = _group(ids, resolve)
+    for policy, group in groups.items():
+        try:
+            results += await _aprune_batch(backend, group, policy, run)
+        except Exception as exc:
+            results += _failed_batch(group, exc)
+    return results
 
 
 def _failed_batch(ids: Sequence[str], exc: BaseException) -> list[ThreadResult]:
@@ -224,21 +370,32 @@ async def _async_thread_ids(backend: Backend) -> AsyncIterator[str]:
 
 
 def prune_thread(
-    saver: Any, thread_id: str, policy: RetentionPolicy, *, dry_run: bool = False
+    saver: Any,
+    thread_id: str,
+    policy: PolicySource,
+    *,
+    dry_run: bool = False,
+    explain: bool = False,
+    on_before_delete: OnBeforeDelete | None = None,
+    now: datetime | None = None,
 ) -> PruneReport:
     """Prune one thread of `saver` to `policy`, in one transaction.
 
     A thread that does not exist gives an empty report. A thread the policy must refuse
     (broken DeltaChannel history) is reported in `errors` with nothing deleted; storage
-    errors (server down, ...) are raised.
+    errors (server down, ...) are raised. `explain` fills `report.decisions` with every
+    checkpoint and why; `on_before_delete(thread_id, reason)` returning False keeps a
+    thread `idle_ttl`/`max_age` would delete whole. Time rules measure from `now`
+    (default: the current time; another one answers "what would a prune then delete?").
     """
     _check_thread_id(thread_id)
-    _check_policy(policy)
+    groups, results = _group([thread_id], _check_policy(policy))
     backend = resolve_backend(saver)
     report = PruneReport(dry_run=dry_run)
     start = time.perf_counter()
-    now = datetime.now(UTC)
-    results = _prune_batch(backend, [thread_id], policy, dry_run, now)
+    run = _Pass(dry_run, _check_now(now), explain, on_before_delete)
+    for one_policy, ids in groups.items():
+        results += _prune_batch(backend, ids, one_policy, run)
     _record(report, results, None)
     if not dry_run:
         metrics.record_results(results)
@@ -247,16 +404,24 @@ def prune_thread(
 
 
 async def aprune_thread(
-    saver: Any, thread_id: str, policy: RetentionPolicy, *, dry_run: bool = False
+    saver: Any,
+    thread_id: str,
+    policy: PolicySource,
+    *,
+    dry_run: bool = False,
+    explain: bool = False,
+    on_before_delete: OnBeforeDelete | None = None,
+    now: datetime | None = None,
 ) -> PruneReport:
     """Async `prune_thread`."""
     _check_thread_id(thread_id)
-    _check_policy(policy)
+    groups, results = _group([thread_id], _check_policy(policy))
     backend = resolve_backend(saver)
     report = PruneReport(dry_run=dry_run)
     start = time.perf_counter()
-    now = datetime.now(UTC)
-    results = await _aprune_batch(backend, [thread_id], policy, dry_run, now)
+    run = _Pass(dry_run, _check_now(now), explain, on_before_delete)
+    for one_policy, ids in groups.items():
+        results += await _aprune_batch(backend, ids, one_policy, run)
     _record(report, results, None)
     if not dry_run:
         metrics.record_results(results)
@@ -266,7 +431,7 @@ async def aprune_thread(
 
 def sweep(
     saver: Any,
-    policy: RetentionPolicy,
+    policy: PolicySource,
     *,
     thread_ids: Iterable[str] | None = None,
     dry_run: bool = False,
@@ -274,6 +439,9 @@ def sweep(
     progress: Progress | None = None,
     stop: Stop | None = None,
     exclusive: bool = False,
+    explain: bool = False,
+    on_before_delete: OnBeforeDelete | None = None,
+    now: datetime | None = None,
 ) -> PruneReport:
     """Prune many threads (None: every thread in the store), streamed in batches.
 
@@ -283,9 +451,10 @@ def sweep(
     batch in progress committed. With `exclusive`, the sweep first takes the store's
     sweep lock (one sweeper at a time across processes and hosts) and raises
     `SweepLockHeld` naming the holder when another sweep has it; a lock lost midway
-    stops the sweep after its current batch.
+    stops the sweep after its current batch. `explain` and `on_before_delete` as in
+    `prune_thread` (the hook runs between transactions, never inside one).
     """
-    _check_policy(policy)
+    resolve = _check_policy(policy)
     ids = _check_thread_ids(thread_ids)
     size = _check_batch_size(batch_size)
     backend = resolve_backend(saver)
@@ -295,7 +464,7 @@ def sweep(
         lock = _on_loop(backend, backend.asweep_lock) if backend.is_async else backend.sweep_lock()
         _skipped(lock)
     start = time.perf_counter()
-    now = datetime.now(UTC)
+    run = _Pass(dry_run, _check_now(now), explain, on_before_delete)
     try:
         source: Iterable[str] = ids if ids is not None else _sync_thread_ids(backend)
         for batch in _batched(source, size):
@@ -303,10 +472,7 @@ def sweep(
             report.stopped = _stop_reason(stop, held)
             if report.stopped is not None:
                 break
-            try:
-                results = _prune_batch(backend, batch, policy, dry_run, now)
-            except Exception as exc:
-                results = _failed_batch(batch, exc)
+            results = _sweep_batch(backend, batch, resolve, run)
             _record(report, results, progress)
             if not dry_run:
                 metrics.record_results(results)
@@ -326,7 +492,7 @@ def sweep(
 
 async def asweep(
     saver: Any,
-    policy: RetentionPolicy,
+    policy: PolicySource,
     *,
     thread_ids: Iterable[str] | None = None,
     dry_run: bool = False,
@@ -334,9 +500,12 @@ async def asweep(
     progress: Progress | None = None,
     stop: Stop | None = None,
     exclusive: bool = False,
+    explain: bool = False,
+    on_before_delete: OnBeforeDelete | None = None,
+    now: datetime | None = None,
 ) -> PruneReport:
     """Async `sweep` (the lock's blocking calls run in a worker thread)."""
-    _check_policy(policy)
+    resolve = _check_policy(policy)
     ids = _check_thread_ids(thread_ids)
     size = _check_batch_size(batch_size)
     backend = resolve_backend(saver)
@@ -349,7 +518,7 @@ async def asweep(
             lock = await asyncio.to_thread(backend.sweep_lock)
         await asyncio.to_thread(_skipped, lock)
     start = time.perf_counter()
-    now = datetime.now(UTC)
+    run = _Pass(dry_run, _check_now(now), explain, on_before_delete)
 
     async def given() -> AsyncIterator[str]:
         for tid in ids or ():
@@ -362,10 +531,7 @@ async def asweep(
             report.stopped = _stop_reason(stop, held)
             if report.stopped is not None:
                 break
-            try:
-                results = await _aprune_batch(backend, batch, policy, dry_run, now)
-            except Exception as exc:
-                results = _failed_batch(batch, exc)
+            results = await _asweep_batch(backend, batch, resolve, run)
             _record(report, results, progress)
             if not dry_run:
                 metrics.record_results(results)

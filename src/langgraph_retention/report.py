@@ -6,9 +6,10 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
+    "Decision",
     "PruneReport",
     "Stats",
     "StoreSummary",
@@ -29,6 +30,25 @@ def format_bytes(n: int) -> str:
     return f"{n} B"
 
 
+class Decision(NamedTuple):
+    """One checkpoint's fate in a prune, and every reason (`explain=True`): why it stays
+    (`newest`, `last 2/5`, `daily 2025-07-29`, `ancestor of kept 1f0…`) or why it goes
+    (`thread expired: …`, `over max_bytes`; none: no rule keeps it)."""
+
+    checkpoint_ns: str
+    checkpoint_id: str
+    kept: bool
+    reasons: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint_ns": self.checkpoint_ns,
+            "checkpoint_id": self.checkpoint_id,
+            "kept": self.kept,
+            "reasons": list(self.reasons),
+        }
+
+
 @dataclass(slots=True)
 class ThreadResult:
     """What one thread's prune deleted and kept (or would, in a dry run)."""
@@ -40,6 +60,14 @@ class ThreadResult:
     kept_checkpoints: int = 0
     bytes_freed: int = 0
     error: str | None = None
+    #: The policy rules left this thread alone (`EXEMPT`).
+    exempt: bool = False
+    #: Why the whole thread was deleted (`idle_ttl`, `max_age`), if it was.
+    expired: str | None = None
+    #: What the plan could not do (a thread over `max_bytes` that cannot fit).
+    warnings: list[str] = field(default_factory=list)
+    #: Every checkpoint and why, when the prune was asked to explain.
+    decisions: list[Decision] | None = None
 
 
 @dataclass(slots=True)
@@ -56,12 +84,22 @@ class PruneReport:
     bytes_freed: int = 0
     threads_seen: int = 0
     threads_pruned: int = 0
+    #: Threads the policy rules exempted (counted in `threads_seen`, never touched).
+    threads_exempt: int = 0
+    #: Whole threads deleted (or, in a dry run, that would be) by `idle_ttl`/`max_age`.
+    deleted_threads: int = 0
     dry_run: bool = False
     elapsed_seconds: float = 0.0
     errors: dict[str, str] = field(default_factory=dict)
     #: Why a sweep ended before its last thread ("stop requested", "sweep lock lost"),
     #: None when it went through. Every batch it did run is committed and counted.
     stopped: str | None = None
+    #: Thread id -> why the whole thread was (or would be) deleted.
+    expired: dict[str, str] = field(default_factory=dict)
+    #: Thread id -> what its plan could not do (e.g. fit `max_bytes`).
+    warnings: dict[str, str] = field(default_factory=dict)
+    #: Thread id -> every checkpoint and why (only when asked to explain).
+    decisions: dict[str, list[Decision]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -74,6 +112,16 @@ class PruneReport:
         if result.error is not None:
             self.errors[result.thread_id] = result.error
             return
+        if result.exempt:
+            self.threads_exempt += 1
+            return
+        if result.expired is not None:
+            self.deleted_threads += 1
+            self.expired[result.thread_id] = result.expired
+        if result.warnings:
+            self.warnings[result.thread_id] = "; ".join(result.warnings)
+        if result.decisions is not None:
+            self.decisions[result.thread_id] = result.decisions
         self.deleted_checkpoints += result.deleted_checkpoints
         self.deleted_writes += result.deleted_writes
         self.deleted_blobs += result.deleted_blobs
@@ -83,8 +131,14 @@ class PruneReport:
             self.threads_pruned += 1
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of the report."""
-        return asdict(self)
+        """A JSON-ready dict of the report (decisions only when there are some)."""
+        out = asdict(self)
+        decisions = out.pop("decisions")
+        if decisions:
+            out["decisions"] = {
+                tid: [Decision(*d).to_dict() for d in items] for tid, items in decisions.items()
+            }
+        return out
 
     def summary(self) -> str:
         """One line for logs and terminals: threads, what went, time, failures."""
@@ -95,6 +149,11 @@ class PruneReport:
             f"({format_bytes(self.bytes_freed)}); kept {self.kept_checkpoints} checkpoints; "
             f"{self.elapsed_seconds:.2f}s; {len(self.errors)} failed"
         )
+        if self.deleted_threads:
+            expired = "would expire" if self.dry_run else "expired"
+            line += f"; {self.deleted_threads} whole threads {expired}"
+        if self.threads_exempt:
+            line += f"; {self.threads_exempt} exempt"
         if self.errors:
             shown = ", ".join(repr(tid) for tid in list(self.errors)[:5])
             more = len(self.errors) - 5

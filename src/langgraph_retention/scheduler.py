@@ -35,8 +35,8 @@ from langgraph_retention.clock import Clock, SystemClock
 from langgraph_retention.config import describe_policy
 from langgraph_retention.engine import iter_stats, sweep
 from langgraph_retention.errors import SweepLockHeld
-from langgraph_retention.policy import RetentionPolicy
 from langgraph_retention.report import PruneReport, StoreSummary, summarize
+from langgraph_retention.rules import PolicySource, resolver_of
 from langgraph_retention.triggers import decide, make_trigger, resolve_timezone
 
 __all__ = [
@@ -95,7 +95,7 @@ class Scheduler:
 
     Args:
         saver: the app's own checkpointer; None with `opener` (see `for_url`).
-        policy: what each sweep keeps.
+        policy: what each sweep keeps: a policy, `ThreadRules`, or a resolver.
         cron: a crontab expression ("0 2 * * *": 02:00 daily; `@daily`, ...); day-of-week
             numbers as in crontab (0 and 7 are Sunday).
         every: an interval between sweeps instead of `cron`.
@@ -115,7 +115,7 @@ class Scheduler:
     def __init__(
         self,
         saver: Any | None,
-        policy: RetentionPolicy,
+        policy: PolicySource,
         *,
         cron: str | None = None,
         every: timedelta | None = None,
@@ -133,8 +133,7 @@ class Scheduler:
     ) -> None:
         if (saver is None) == (opener is None):
             raise TypeError("give the saver to sweep, or an opener (see Scheduler.for_url)")
-        if not isinstance(policy, RetentionPolicy):
-            raise TypeError(f"policy must be a RetentionPolicy, got {type(policy).__name__}")
+        resolver_of(policy)  # a TypeError now, not at the first fire
         if misfire_grace < timedelta(0):
             raise ValueError(f"misfire_grace must not be negative, got {misfire_grace}")
         self.policy = policy
@@ -169,7 +168,7 @@ class Scheduler:
         )
 
     @classmethod
-    def for_url(cls, url: str, policy: RetentionPolicy, **kwargs: Any) -> Scheduler:
+    def for_url(cls, url: str, policy: PolicySource, **kwargs: Any) -> Scheduler:
         """A scheduler that opens the store at `url` for each run (read and prune only:
         it never creates or migrates a schema)."""
         from langgraph_retention.urls import open_store

@@ -10,16 +10,63 @@ from __future__ import annotations
 import asyncio
 import gc
 import heapq
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, ClassVar
 
+from langgraph_retention.errors import RetentionError
 from langgraph_retention.lock import ProcessSweepLock, SweepLock
-from langgraph_retention.policy import RetentionPolicy
-from langgraph_retention.report import ThreadResult, ThreadStats
+from langgraph_retention.policy import (
+    CheckpointEntry,
+    Expiry,
+    RetentionPolicy,
+    ThreadPlan,
+    expire_plan,
+    plan_thread,
+)
+from langgraph_retention.report import Decision, ThreadResult, ThreadStats
 
-__all__ = ["Backend", "gc_paused"]
+__all__ = ["Backend", "Span", "decide", "gc_paused", "not_yet"]
+
+#: A thread's oldest and newest checkpoint ids, over every namespace.
+Span = tuple[str, str]
+
+
+def decide(
+    thread_id: str,
+    entries: Sequence[CheckpointEntry],
+    policy: RetentionPolicy,
+    *,
+    now: datetime,
+    explain: bool = False,
+    expiry: Expiry | None = None,
+) -> tuple[ThreadPlan, ThreadResult]:
+    """One thread's plan and the result a backend fills in as it deletes: the whole
+    thread when `expiry` still holds (its newest checkpoint unchanged), else the policy's
+    plan. Raises `RetentionError` when the policy must refuse the thread."""
+    plan = expire_plan(entries, expiry, explain=explain) if expiry is not None else None
+    expired = expiry.reason if plan is not None and expiry is not None else None
+    if plan is None:
+        plan = plan_thread(entries, policy, thread_id=thread_id, now=now, explain=explain)
+    result = ThreadResult(
+        thread_id, kept_checkpoints=plan.kept_count, expired=expired, warnings=plan.warnings
+    )
+    if explain and plan.reasons is not None:
+        reasons = plan.reasons
+        result.decisions = [
+            Decision(ns, cid, kept, reasons.get((ns, cid), ()))
+            for ns in sorted(set(plan.keep) | set(plan.delete))
+            for kept, ids in ((True, plan.keep.get(ns, [])), (False, plan.delete.get(ns, [])))
+            for cid in ids
+        ]
+    return plan, result
+
+
+def not_yet(explain: bool, expire: Mapping[str, Expiry] | None) -> None:
+    """Refuse explanations and thread expiry where a backend does not do them yet."""
+    if explain or expire:
+        raise RetentionError("explain and idle_ttl/max_age are not supported on this store yet")
 
 
 @contextmanager
@@ -68,8 +115,16 @@ class Backend:
         *,
         dry_run: bool,
         now: datetime,
+        explain: bool = False,
+        expire: Mapping[str, Expiry] | None = None,
     ) -> list[ThreadResult]:
-        """Prune several threads, each decided on its own index; one result per id."""
+        """Prune several threads, each decided on its own index (`decide`); one result per
+        id. Threads in `expire` go whole if their newest checkpoint is still the one the
+        expiry names, read in the deleting transaction."""
+        raise NotImplementedError
+
+    def thread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
+        """Each existing thread's oldest and newest checkpoint ids (for thread expiry)."""
         raise NotImplementedError
 
     def iter_thread_ids(self) -> Iterator[str]:
@@ -109,7 +164,12 @@ class Backend:
         *,
         dry_run: bool,
         now: datetime,
+        explain: bool = False,
+        expire: Mapping[str, Expiry] | None = None,
     ) -> list[ThreadResult]:
+        raise NotImplementedError
+
+    async def athread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
         raise NotImplementedError
 
     def aiter_thread_ids(self) -> AsyncIterator[str]:

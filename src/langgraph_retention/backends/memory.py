@@ -3,24 +3,24 @@ blobs only they referenced are removed from them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.checkpoint.serde.types import TASKS
+from langgraph.checkpoint.serde.types import INTERRUPT, TASKS
 
 from langgraph_retention.errors import RetentionError
 from langgraph_retention.policy import (
     CheckpointEntry,
+    Expiry,
     RetentionPolicy,
     checkpoint_time,
     delta_needs,
-    plan_thread,
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from .base import Backend
+from .base import Backend, Span, decide
 
 __all__ = ["MemoryBackend"]
 
@@ -33,8 +33,11 @@ class MemoryBackend(Backend):
     name = "memory"
     saver: InMemorySaver
 
-    def _index(self, thread_id: str) -> tuple[list[CheckpointEntry], dict[tuple[str, str], Any]]:
-        """The thread's index, plus each checkpoint's decoded body (no channel values)."""
+    def _index(
+        self, thread_id: str, tag: str | None = None
+    ) -> tuple[list[CheckpointEntry], dict[tuple[str, str], Any]]:
+        """The thread's index (with sizes, the `tag` metadata key, interrupts), plus each
+        checkpoint's decoded body (no channel values)."""
         saver = self.saver
         # One snapshot of the thread: a run may add checkpoints while we read.
         snapshot = {
@@ -51,15 +54,23 @@ class MemoryBackend(Backend):
                 bodies[(ns, cid)] = saver.serde.loads_typed(cp_typed)
                 counters = meta.get("counters_since_delta_snapshot") or {}
                 delta_names.setdefault(ns, set()).update(counters)
-        sends_at = {
-            (ns, cid)
-            for (tid, ns, cid), writes in list(saver.writes.items())
-            if tid == thread_id and any(w[1] == TASKS for w in writes.values())
-        }
+        sends_at: set[tuple[str, str]] = set()
+        interrupted: set[tuple[str, str]] = set()
+        write_bytes: dict[tuple[str, str], int] = {}
+        for (tid, ns, cid), writes in list(saver.writes.items()):
+            if tid != thread_id:
+                continue
+            channels = {w[1] for w in writes.values()}
+            if TASKS in channels:
+                sends_at.add((ns, cid))
+            if INTERRUPT in channels:
+                interrupted.add((ns, cid))
+            write_bytes[(ns, cid)] = sum(len(w[2][1]) for w in writes.values())
+        blob_bytes = self._blob_bytes(thread_id, snapshot, bodies)
         entries: list[CheckpointEntry] = []
         for ns, rows in snapshot.items():
             names = delta_names.get(ns, set())
-            for cid, (_cp, _meta, parent) in rows:
+            for cid, (cp_typed, meta_typed, parent) in rows:
                 body = bodies[(ns, cid)]
                 versions: dict[str, Any] = body.get("channel_versions", {})
                 stored = [
@@ -77,17 +88,50 @@ class MemoryBackend(Backend):
                         parents=metas[(ns, cid)].get("parents") or {},
                         delta_needs=delta_needs(names, versions, stored) if names else frozenset(),
                         sends_parent=body.get("v", 0) < 4 and (ns, parent) in sends_at,
+                        size=len(cp_typed[1])
+                        + len(meta_typed[1])
+                        + write_bytes.get((ns, cid), 0)
+                        + blob_bytes.get((ns, cid), 0),
+                        tags=frozenset({tag}) if tag and metas[(ns, cid)].get(tag) else frozenset(),
+                        interrupted=(ns, cid) in interrupted,
                     )
                 )
         return entries, bodies
 
+    def _blob_bytes(
+        self,
+        thread_id: str,
+        snapshot: Mapping[str, list[tuple[str, Any]]],
+        bodies: Mapping[tuple[str, str], Any],
+    ) -> dict[tuple[str, str], int]:
+        """Each channel value's bytes, counted once, on the newest checkpoint that loads
+        it: the checkpoint whose deletion, with its elders', frees the value."""
+        newest_user: dict[tuple[str, str, Any], str] = {}
+        for ns, rows in snapshot.items():
+            for cid, _row in rows:
+                for channel, version in bodies[(ns, cid)].get("channel_versions", {}).items():
+                    key = (ns, channel, version)
+                    if cid > newest_user.get(key, ""):
+                        newest_user[key] = cid
+        sizes: dict[tuple[str, str], int] = {}
+        for (ns, channel, version), cid in newest_user.items():
+            blob = self.saver.blobs.get((thread_id, ns, channel, version))
+            if blob is not None:
+                sizes[(ns, cid)] = sizes.get((ns, cid), 0) + len(blob[1])
+        return sizes
+
     def _prune_one(
-        self, thread_id: str, policy: RetentionPolicy, dry_run: bool, now: datetime
+        self,
+        thread_id: str,
+        policy: RetentionPolicy,
+        dry_run: bool,
+        now: datetime,
+        explain: bool,
+        expiry: Expiry | None,
     ) -> ThreadResult:
         saver = self.saver
-        entries, bodies = self._index(thread_id)
-        plan = plan_thread(entries, policy, thread_id=thread_id, now=now)
-        result = ThreadResult(thread_id, kept_checkpoints=plan.kept_count)
+        entries, bodies = self._index(thread_id, policy.keep_tagged)
+        plan, result = decide(thread_id, entries, policy, now=now, explain=explain, expiry=expiry)
         namespaces = saver.storage.get(thread_id, {})
         for ns, doomed in plan.delete.items():
             checkpoints = namespaces.get(ns, {})
@@ -137,14 +181,31 @@ class MemoryBackend(Backend):
         *,
         dry_run: bool,
         now: datetime,
+        explain: bool = False,
+        expire: Mapping[str, Expiry] | None = None,
     ) -> list[ThreadResult]:
         results = []
+        expiries = expire or {}
         for tid in thread_ids:
             try:
-                results.append(self._prune_one(tid, policy, dry_run, now))
+                results.append(
+                    self._prune_one(tid, policy, dry_run, now, explain, expiries.get(tid))
+                )
             except RetentionError as exc:
                 results.append(ThreadResult(tid, error=str(exc)))
         return results
+
+    def thread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
+        spans: dict[str, Span] = {}
+        for tid in thread_ids:
+            ids = [
+                cid
+                for checkpoints in list(self.saver.storage.get(tid, {}).values())
+                for cid in list(checkpoints)
+            ]
+            if ids:
+                spans[tid] = (min(ids), max(ids))
+        return spans
 
     def iter_thread_ids(self) -> Iterator[str]:
         yield from [tid for tid, nss in list(self.saver.storage.items()) if any(nss.values())]
@@ -192,8 +253,15 @@ class MemoryBackend(Backend):
         *,
         dry_run: bool,
         now: datetime,
+        explain: bool = False,
+        expire: Mapping[str, Expiry] | None = None,
     ) -> list[ThreadResult]:
-        return self.prune_batch(thread_ids, policy, dry_run=dry_run, now=now)
+        return self.prune_batch(
+            thread_ids, policy, dry_run=dry_run, now=now, explain=explain, expire=expire
+        )
+
+    async def athread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
+        return self.thread_spans(thread_ids)
 
     async def _aiter(self) -> AsyncIterator[str]:
         for tid in self.iter_thread_ids():

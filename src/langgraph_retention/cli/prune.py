@@ -16,6 +16,7 @@ from langgraph_retention.engine import (
     prune_thread,
     sweep,
 )
+from langgraph_retention.policy import checkpoint_time
 from langgraph_retention.report import PruneReport
 
 from ._common import (
@@ -28,6 +29,7 @@ from ._common import (
     policy_from_args,
     positive_int,
     progress_enabled,
+    settings_from_args,
 )
 
 __all__ = ["add_parser", "print_report", "run"]
@@ -46,6 +48,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "another sweep holds it)",
     )
     pr.add_argument("--dry-run", action="store_true", help="report what would go; delete nothing")
+    pr.add_argument(
+        "--explain",
+        action="store_true",
+        help="list every checkpoint, kept or deleted, with each rule that kept it "
+        "(a table; with --json, in the report)",
+    )
     pr.add_argument("--json", action="store_true", help="print the report as JSON")
     pr.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N")
     pr.add_argument(
@@ -58,13 +66,37 @@ def print_report(report: PruneReport, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:
+        print_decisions(report)
         print(report.summary())
+        for tid, reason in report.expired.items():
+            print(f"  {'would expire' if report.dry_run else 'expired'} {tid!r}: {reason}")
+        for tid, warning in report.warnings.items():
+            print(f"  WARNING {tid!r}: {warning}", file=sys.stderr)
     for tid, err in report.errors.items():
         print(f"  FAILED {tid!r}: {err}", file=sys.stderr)
 
 
+def print_decisions(report: PruneReport) -> None:
+    """Every explained checkpoint, a line each, thread by thread (restic's `forget`)."""
+    for tid, decisions in report.decisions.items():
+        kept = sum(d.kept for d in decisions)
+        gone = "to delete" if report.dry_run else "deleted"
+        print(f"thread {tid!r}: {kept} kept, {len(decisions) - kept} {gone}")
+        print(f"  {'namespace':<12} {'checkpoint':<36} {'created (UTC)':<19}  {'':<6} reasons")
+        for d in decisions:
+            created = checkpoint_time(d.checkpoint_id)
+            when = created.strftime("%Y-%m-%d %H:%M:%S") if created else "-"
+            verdict = "keep" if d.kept else "delete"
+            ns = d.checkpoint_ns or "''"
+            print(
+                f"  {ns[:12]:<12} {d.checkpoint_id:<36} {when:<19}  {verdict:<6} "
+                f"{', '.join(d.reasons) or '-'}"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
-    policy = policy_from_args(args)
+    settings = settings_from_args(args)
+    policy = policy_from_args(args, settings)
     with opened(args.url) as saver:
         if args.vacuum and not can_compact(saver):
             print("langgraph-retention: error: --vacuum only applies to SQLite", file=sys.stderr)
@@ -79,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
                 )
                 return EXIT_USAGE
         if args.thread and len(args.thread) == 1:
-            report = prune_thread(saver, args.thread[0], policy, dry_run=args.dry_run)
+            report = prune_thread(
+                saver, args.thread[0], policy, dry_run=args.dry_run, explain=args.explain
+            )
         else:
             with tqdm(
                 desc="pruning",
@@ -95,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
                     dry_run=args.dry_run,
                     batch_size=args.batch_size,
                     progress=lambda _r: bar.update(),
+                    explain=args.explain,
                     # One sweeper at a time; a dry run deletes nothing and needs no lock.
                     exclusive=args.all and not args.dry_run,
                 )

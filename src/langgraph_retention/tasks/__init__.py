@@ -52,7 +52,6 @@ from urllib.parse import urlsplit
 
 from celery import signals
 
-from langgraph_retention.config import policy_from_mapping
 from langgraph_retention.engine import DEFAULT_BATCH_SIZE, iter_thread_ids, sweep
 from langgraph_retention.errors import SweepLockHeld, UsageError
 from langgraph_retention.report import PruneReport
@@ -71,6 +70,7 @@ from ._common import (
     healthy,
     lock_unless,
     plain_policy,
+    policy_source,
     shown,
     transient,
 )
@@ -206,7 +206,7 @@ def register_tasks(
         dry_run: bool = False,
         carried: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        rules = policy_from_mapping(policy, where="policy")
+        rules = policy_source(policy)
         ids = check_thread_ids(thread_ids)
         done = report_from_dict(carried) if carried else PruneReport(dry_run=dry_run)
         broken = False

@@ -6,13 +6,18 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from langgraph_retention.config import policy_from_mapping, policy_to_mapping
+from langgraph_retention.config import (
+    policy_from_mapping,
+    policy_to_mapping,
+    settings_from_mapping,
+)
 from langgraph_retention.engine import check_store
 from langgraph_retention.engine import sweep_lock as store_sweep_lock
 from langgraph_retention.errors import RetentionError, StoreUnavailableError, UsageError
 from langgraph_retention.lock import SweepLock
 from langgraph_retention.policy import RetentionPolicy
 from langgraph_retention.report import PruneReport
+from langgraph_retention.rules import ThreadRules
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
@@ -27,6 +32,7 @@ __all__ = [
     "healthy",
     "lock_unless",
     "plain_policy",
+    "policy_source",
     "shown",
     "transient",
 ]
@@ -40,15 +46,44 @@ FOLD_POLL_SECONDS = (0.2, 5.0)
 #: Shard results the fold reads per look, oldest first.
 FOLD_WINDOW = 200
 
-#: A policy as callers give it; it always travels as `policy_to_mapping` data.
-PolicyLike = RetentionPolicy | Mapping[str, Any]
+#: A policy as callers give it: a `RetentionPolicy`, `ThreadRules`, or their plain data
+#: (a policy's keys, or the settings file's shape: `{"policy": {...}, "rules": [...]}`).
+PolicyLike = RetentionPolicy | ThreadRules | Mapping[str, Any]
+_RULES_KEYS = frozenset({"policy", "rules"})
+
+
+def policy_source(data: Any) -> RetentionPolicy | ThreadRules:
+    """The policy (or per-thread rules) plain data describes; `UsageError` naming the key
+    for anything wrong. Rules use the settings file's `[policy]` / `[[rules]]` shape."""
+    if isinstance(data, Mapping) and _RULES_KEYS & set(data):
+        if extra := sorted(set(data) - _RULES_KEYS):
+            raise UsageError(f"policy: unknown key {', '.join(map(repr, extra))} beside rules")
+        source = settings_from_mapping(data, source="policy").policy_source()
+        if isinstance(source, RetentionPolicy | ThreadRules):
+            return source
+    return policy_from_mapping(data, where="policy")
 
 
 def plain_policy(policy: PolicyLike) -> dict[str, Any]:
-    """`policy` as checked, JSON-ready data; `UsageError` for a bad one."""
-    if not isinstance(policy, RetentionPolicy):
-        policy = policy_from_mapping(policy, where="policy")
-    return policy_to_mapping(policy)
+    """`policy` checked, as the JSON-ready data that travels to workers."""
+    if isinstance(policy, Mapping):
+        policy = policy_source(policy)
+    if isinstance(policy, RetentionPolicy):
+        return policy_to_mapping(policy)
+    if not isinstance(policy, ThreadRules):
+        raise UsageError(
+            "policy must be a RetentionPolicy, ThreadRules or their plain data; a resolver "
+            f"function cannot travel to workers (got {type(policy).__name__})"
+        )
+    if not isinstance(policy.default, RetentionPolicy):
+        raise UsageError("rules sent to workers need a default policy (exempt by pattern)")
+    rules = [
+        {"match": pattern, "exempt": True}
+        if not isinstance(resolution, RetentionPolicy)
+        else {"match": pattern, **policy_to_mapping(resolution)}
+        for pattern, resolution in policy.rules
+    ]
+    return {"policy": policy_to_mapping(policy.default), "rules": rules}
 
 
 def check_thread_ids(value: Any) -> list[str]:

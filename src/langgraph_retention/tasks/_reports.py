@@ -10,24 +10,25 @@ from langgraph_retention.report import PruneReport
 
 __all__ = ["fleet_result", "merge", "report_from_dict", "without"]
 
-#: The totals a fold adds up.
-_COUNTS = (
-    "deleted_checkpoints",
-    "deleted_writes",
-    "deleted_blobs",
-    "kept_checkpoints",
-    "bytes_freed",
-    "threads_seen",
-    "threads_pruned",
+_DEFAULTS = {f.name: f for f in fields(PruneReport)}
+#: The totals a fold adds up, and the per-thread maps it joins (thread id -> text).
+_COUNTS = tuple(
+    name
+    for name, f in _DEFAULTS.items()
+    if type(f.default) is int  # not bools
 )
-_FIELDS = frozenset(f.name for f in fields(PruneReport))
+_MAPS = ("errors", "expired", "warnings")
+#: Kept out of task results: explanations are for `prune --explain`, not for fleets.
+_LEFT_OUT = frozenset({"decisions"})
+_FIELDS = frozenset(_DEFAULTS) - _LEFT_OUT
 
 
 def report_from_dict(data: Mapping[str, Any]) -> PruneReport:
     """The `PruneReport` of a shard or fleet result (keys only a fleet has are left out),
     e.g. for its `summary()` line."""
     values = {k: v for k, v in data.items() if k in _FIELDS}
-    values["errors"] = dict(values.get("errors") or {})
+    for key in _MAPS:
+        values[key] = dict(values.get(key) or {})
     return PruneReport(**values)
 
 
@@ -35,7 +36,8 @@ def merge(into: PruneReport, data: Mapping[str, Any]) -> None:
     """Add a shard's result (a `PruneReport.to_dict()`) to `into`."""
     for key in _COUNTS:
         setattr(into, key, getattr(into, key) + int(data.get(key) or 0))
-    into.errors.update(data.get("errors") or {})
+    for key in _MAPS:
+        getattr(into, key).update(data.get(key) or {})
     if data.get("stopped") and not into.stopped:
         into.stopped = str(data["stopped"])
 
@@ -61,6 +63,8 @@ def fleet_result(
     threads are unknown to the fold), `skipped` (the lock holder when another sweep held
     the store's lock, else None) and `ok` (nothing failed, skipped or stopped)."""
     out = report.to_dict()
+    for key in _LEFT_OUT:
+        out.pop(key, None)
     failed = dict(failed_shards or {})
     out.update(
         shards=shards,

@@ -46,6 +46,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from langgraph_retention.errors import RetentionError, StoreUnavailableError
 from langgraph_retention.policy import (
     CheckpointEntry,
+    Expiry,
     RetentionPolicy,
     checkpoint_time,
     delta_needs,
@@ -53,7 +54,7 @@ from langgraph_retention.policy import (
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from ..base import Backend, gc_paused
+from ..base import Backend, gc_paused, not_yet
 from .connection import server_name
 from .lock import PostgresSweepLock
 from .schema import missing_relation, missing_tables_program, not_ready
@@ -512,7 +513,10 @@ class PostgresBackend(Backend):
         *,
         dry_run: bool,
         now: datetime,
+        explain: bool = False,
+        expire: Mapping[str, Expiry] | None = None,
     ) -> list[ThreadResult]:
+        not_yet(explain, expire)
         return self._exec(lambda: _prune_program(thread_ids, policy, dry_run, now), write=True)
 
     def iter_thread_ids(self) -> Iterator[str]:
@@ -590,7 +594,10 @@ class AsyncPostgresBackend(Backend):
         *,
         dry_run: bool,
         now: datetime,
+        explain: bool = False,
+        expire: Mapping[str, Expiry] | None = None,
     ) -> list[ThreadResult]:
+        not_yet(explain, expire)
         return await self._aexec(
             lambda: _prune_program(thread_ids, policy, dry_run, now), write=True
         )

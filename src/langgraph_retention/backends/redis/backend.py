@@ -25,7 +25,7 @@ import hashlib
 import json
 import re
 from collections import defaultdict
-from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -43,6 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from langgraph_retention.errors import DeltaChannelError, RetentionError, StoreUnavailableError
 from langgraph_retention.policy import (
     CheckpointEntry,
+    Expiry,
     RetentionPolicy,
     checkpoint_time,
     delta_needs,
@@ -50,7 +51,7 @@ from langgraph_retention.policy import (
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from ..base import Backend, gc_paused
+from ..base import Backend, gc_paused, not_yet
 from .lock import RedisSweepLock, lock_key
 from .schema import indexes_program, not_ready
 
@@ -833,7 +834,10 @@ class RedisBackend(Backend):
         *,
         dry_run: bool,
         now: datetime,
+        explain: bool = False,
+        expire: Mapping[str, Expiry] | None = None,
     ) -> list[ThreadResult]:
+        not_yet(explain, expire)
         return self._exec(_prune_program(_layout(self.saver), thread_ids, policy, dry_run, now))
 
     def iter_thread_ids(self) -> Iterator[str]:
@@ -876,7 +880,10 @@ class AsyncRedisBackend(Backend):
         *,
         dry_run: bool,
         now: datetime,
+        explain: bool = False,
+        expire: Mapping[str, Expiry] | None = None,
     ) -> list[ThreadResult]:
+        not_yet(explain, expire)
         program = _prune_program(_layout(self.saver), thread_ids, policy, dry_run, now)
         return await self._aexec(program)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +23,7 @@ from langgraph_retention.errors import RetentionError
 from langgraph_retention.lock import ProcessSweepLock, SweepLock
 from langgraph_retention.policy import (
     CheckpointEntry,
+    Expiry,
     RetentionPolicy,
     checkpoint_time,
     delta_needs,
@@ -30,7 +31,7 @@ from langgraph_retention.policy import (
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from ..base import Backend, gc_paused
+from ..base import Backend, gc_paused, not_yet
 from .lock import FileSweepLock
 from .schema import database_file_program, missing_table, missing_tables_program, not_ready
 
@@ -281,7 +282,10 @@ class SqliteBackend(Backend):
         *,
         dry_run: bool,
         now: datetime,
+        explain: bool = False,
+        expire: Mapping[str, Expiry] | None = None,
     ) -> list[ThreadResult]:
+        not_yet(explain, expire)
         program = _prune_program(thread_ids, policy, dry_run, now, self.saver.serde.loads_typed)
         return self._exec(program, write=not dry_run)
 
@@ -334,7 +338,10 @@ class AsyncSqliteBackend(Backend):
         *,
         dry_run: bool,
         now: datetime,
+        explain: bool = False,
+        expire: Mapping[str, Expiry] | None = None,
     ) -> list[ThreadResult]:
+        not_yet(explain, expire)
         program = _prune_program(thread_ids, policy, dry_run, now, self.saver.serde.loads_typed)
         return await self._aexec(program, write=not dry_run)
 
