@@ -294,6 +294,13 @@ def test_a_resolver_function_cannot_travel_to_workers() -> None:
         plain_policy(lambda _tid: RetentionPolicy())  # type: ignore[arg-type]
 
 
+def test_a_fleet_sweep_needs_a_shared_result_backend() -> None:
+    tasks = register_tasks(Celery("t", broker="memory://"), saver_factory=InMemorySaver)
+
+    with pytest.raises(UsageError, match="shared result backend"):
+        tasks.sweep.apply(args=({"keep_last": 1},)).get()
+
+
 def test_register_tasks_needs_exactly_one_store() -> None:
     with pytest.raises(UsageError, match="exactly one of url= or saver_factory="):
         register_tasks(Celery("t", broker="memory://"))
@@ -400,3 +407,23 @@ def test_fleet_sweep_runs_in_process_under_task_always_eager() -> None:
 
     assert (report["shards"], report["ok"]) == (2, True)
     assert counts(saver) == {tid: 2 for tid, _ in THREADS}
+
+
+def test_on_before_delete_is_asked_in_the_worker_before_a_thread_expires() -> None:
+    saver = InMemorySaver()
+    populate(build_agent(saver), THREADS)
+    asked: list[str] = []
+
+    def veto(thread_id: str, _reason: str) -> bool:
+        asked.append(thread_id)
+        return thread_id != "a:1"
+
+    app = Celery("t", broker="memory://")
+    app.conf.task_always_eager = True
+    tasks = register_tasks(app, saver_factory=lambda: saver, on_before_delete=veto)
+    time.sleep(1.1)  # every thread is now older than max_age
+
+    report = tasks.run_sweep({"keep_last": 2, "max_age": "1s"}).get()
+
+    assert sorted(asked) == sorted(t for t, _ in THREADS)
+    assert (report["deleted_threads"], list(counts(saver))) == (2, ["a:1"])

@@ -11,9 +11,11 @@ Register them on your own app (extra `[celery]`); a worker prunes the store `url
 
 How it works, and why:
 
-- The policy travels as plain data (`config.policy_to_mapping`), in JSON messages: every
-  task is JSON-serialized whatever the app's default; a bad policy is a `UsageError`
-  raised before anything is read or sent (`run_sweep` checks it before sending, too).
+- The policy travels as plain data in JSON messages (every task is JSON-serialized
+  whatever the app's default): a policy's keys (`config.policy_to_mapping`), or per-thread
+  rules in the settings file's shape, `{"policy": {...}, "rules": [{"match": ...}]}`. A
+  bad one is a `UsageError` raised before anything is read or sent (`run_sweep` checks it
+  before sending, too). Callables (resolvers, `on_before_delete`) stay on the workers.
 - `sweep` streams thread ids from the store and sends a `prune_shard` task each time
   `shard_size` ids are read, so no process or message ever holds every thread id. It then
   replaces itself (same task id) with `fold`, which polls the shards' results in the result
@@ -52,7 +54,7 @@ from urllib.parse import urlsplit
 
 from celery import signals
 
-from langgraph_retention.engine import DEFAULT_BATCH_SIZE, iter_thread_ids, sweep
+from langgraph_retention.engine import DEFAULT_BATCH_SIZE, OnBeforeDelete, iter_thread_ids, sweep
 from langgraph_retention.errors import SweepLockHeld, UsageError
 from langgraph_retention.report import PruneReport
 from langgraph_retention.urls import SCHEMES
@@ -64,6 +66,7 @@ from ._common import (
     FOLD_WINDOW,
     PolicyLike,
     batched,
+    check_result_backend,
     check_shard_size,
     check_thread_ids,
     failed_report,
@@ -172,6 +175,7 @@ def register_tasks(
     retry_backoff: float = 2.0,
     retry_backoff_max: float = 120.0,
     fold_timeout: timedelta = timedelta(hours=12),
+    on_before_delete: OnBeforeDelete | None = None,
 ) -> RetentionTasks:
     """Register `prune_shard`, `sweep` and `fold` on the Celery `app` (named
     `<name_prefix>.<task>`), pruning the store at `url` or the saver `saver_factory` makes.
@@ -179,6 +183,7 @@ def register_tasks(
     `batch_size` threads are pruned per transaction inside a shard. A shard whose store
     broke is retried `max_retries` times, `retry_backoff * 2**n` seconds apart (capped,
     jittered). Shards without a result after `fold_timeout` count as failed.
+    `on_before_delete` is asked in the worker before a whole thread expires, as in `sweep`.
     """
     if (url is None) == (saver_factory is None):
         raise UsageError("register_tasks: give exactly one of url= or saver_factory=")
@@ -212,7 +217,14 @@ def register_tasks(
         broken = False
         try:
             with store.use() as saver:
-                report = sweep(saver, rules, thread_ids=ids, dry_run=dry_run, batch_size=batch_size)
+                report = sweep(
+                    saver,
+                    rules,
+                    thread_ids=ids,
+                    dry_run=dry_run,
+                    batch_size=batch_size,
+                    on_before_delete=on_before_delete,
+                )
                 broken = bool(report.errors) and not healthy(saver)
         except Exception as exc:  # opening failed
             report, broken = failed_report(ids, exc, dry_run), transient(exc)
@@ -241,12 +253,14 @@ def register_tasks(
         task: Any, policy: dict[str, Any], shard_size: int | None = None, dry_run: bool = False
     ) -> dict[str, Any]:
         plain = plain_policy(policy)
+        eager = bool(app.conf.task_always_eager)
+        if not eager:
+            check_result_backend(app)
         size = check_shard_size(tasks.shard_size if shard_size is None else shard_size)
         started = time.time()
         sent: list[str] = []
         threads = 0
         stopped: str | None = None
-        eager = bool(app.conf.task_always_eager)
         folded = PruneReport(dry_run=dry_run)
         failed_eager: dict[str, str] = {}
         try:

@@ -26,6 +26,7 @@ __all__ = [
     "MAX_SHARD_SIZE",
     "PolicyLike",
     "batched",
+    "check_result_backend",
     "check_shard_size",
     "check_thread_ids",
     "failed_report",
@@ -87,6 +88,7 @@ def plain_policy(policy: PolicyLike) -> dict[str, Any]:
 
 
 def check_thread_ids(value: Any) -> list[str]:
+    """A shard's thread ids (a JSON list of strings), duplicates dropped."""
     if isinstance(value, str) or not isinstance(value, list | tuple):
         raise UsageError(f"thread_ids must be a list of thread ids, got {value!r:.80}")
     if bad := [t for t in value if not isinstance(t, str)]:
@@ -95,12 +97,14 @@ def check_thread_ids(value: Any) -> list[str]:
 
 
 def check_shard_size(value: Any) -> int:
+    """Threads per shard: bounded, so one message never grows without limit."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SHARD_SIZE:
         raise UsageError(f"shard_size must be a whole number from 1 to {MAX_SHARD_SIZE}: {value!r}")
     return value
 
 
 def batched(ids: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Lists of `size` ids as the stream yields them (the last one shorter)."""
     batch: list[str] = []
     for tid in ids:
         batch.append(tid)
@@ -112,6 +116,7 @@ def batched(ids: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 def failed_report(ids: Sequence[str], exc: BaseException, dry_run: bool) -> PruneReport:
+    """A report of `ids` all failed with `exc` (the store could not be used at all)."""
     report = PruneReport(dry_run=dry_run)
     for tid in ids:
         report.threads_seen += 1
@@ -128,6 +133,17 @@ def transient(exc: BaseException) -> bool:
 def lock_unless(dry_run: bool, saver: Any) -> AbstractContextManager[SweepLock | None]:
     """The store's sweep lock for a real sweep; a dry run deletes nothing and takes none."""
     return nullcontext() if dry_run else store_sweep_lock(saver)
+
+
+def check_result_backend(app: Any) -> None:
+    """Refuse a fleet sweep the fold could not finish: shard results must be readable by
+    whichever worker folds them (not `rpc://`, which only the sender reads)."""
+    kind = type(app.backend).__name__
+    if kind in ("DisabledBackend", "RPCBackend"):
+        raise UsageError(
+            f"fleet sweeps need a shared result backend (result_backend=redis://... or a "
+            f"database); this app's is {kind}"
+        )
 
 
 def healthy(saver: Any) -> bool:
