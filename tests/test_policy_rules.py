@@ -449,3 +449,27 @@ def test_max_bytes_fits_or_keeps_only_what_it_must(
         firm |= {c for c, e in index.items() if policy.keep_interrupted and e.interrupted}
         firm |= {c for c, e in index.items() if policy.keep_tagged in e.tags}
         assert firm <= set(plan.keep.get(ns, []))
+
+
+def _shouted(entry: CheckpointEntry) -> CheckpointEntry:
+    """The same checkpoint under an upper-case id: still a UUIDv6 with the same time, but
+    not the form LangGraph writes, so the planner reads every id's clock instead of
+    binary-searching the sorted ids."""
+    return entry._replace(
+        checkpoint_id=entry.checkpoint_id.upper(),
+        parent_id=entry.parent_id.upper() if entry.parent_id else None,
+        parents={ns: cid.upper() for ns, cid in entry.parents.items()},
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories(), policies)
+def test_ids_of_any_form_get_the_same_time_and_calendar_choices(
+    entries: list[CheckpointEntry], policy: RetentionPolicy
+) -> None:
+    canonical = plan_thread(entries, policy, now=NOW)
+    other_form = plan_thread([_shouted(e) for e in entries], policy, now=NOW)
+
+    assert other_form.keep == {
+        ns: [cid.upper() for cid in ids] for ns, ids in canonical.keep.items()
+    }

@@ -14,7 +14,9 @@ must shrink to fit `max_bytes`.
 
 from __future__ import annotations
 
+import re
 import uuid
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +76,36 @@ BUCKETS: tuple[tuple[str, str, Callable[[datetime], tuple[int, ...]]], ...] = (
     ("keep_weekly", "weekly", _week),
     ("keep_monthly", "monthly", _month),
 )
+
+
+def _hour_start(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def _day_start(t: datetime) -> datetime:
+    return t.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _week_start(t: datetime) -> datetime:
+    return _day_start(t - timedelta(days=t.weekday()))  # wall-clock arithmetic, in t's zone
+
+
+def _month_start(t: datetime) -> datetime:
+    return _day_start(t.replace(day=1))
+
+
+#: Where each calendar bucket begins, as a local wall time.
+_BUCKET_START: dict[str, Callable[[datetime], datetime]] = {
+    "hourly": _hour_start,
+    "daily": _day_start,
+    "weekly": _week_start,
+    "monthly": _month_start,
+}
+
+#: LangGraph's ids as `str(uuid6())` writes them: these sort by creation time as text.
+_canonical_uuid6 = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-6[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\Z"
+).match
 
 
 @lru_cache(maxsize=64)
@@ -280,6 +312,18 @@ def _unix_micros(checkpoint_id: str) -> int | None:
     return (ticks - _UUID_EPOCH_OFFSET) // 10
 
 
+def _first_id_at(micros: int) -> str:
+    """The smallest canonical UUIDv6 id made at `micros` since 1970: every id made then
+    or later sorts at or after it."""
+    ticks = max(0, micros * 10 + _UUID_EPOCH_OFFSET)
+    h = f"{ticks:015x}"
+    return f"{h[:8]}-{h[8:12]}-6{h[12:]}-0000-000000000000"
+
+
+def _micros(t: datetime) -> int:
+    return (t - _UNIX_EPOCH) // timedelta(microseconds=1)
+
+
 def checkpoint_time(checkpoint_id: str) -> datetime | None:
     """When a checkpoint was created, read from its UUIDv6 id; None if the id is not one."""
     micros = _unix_micros(checkpoint_id)
@@ -429,6 +473,16 @@ class _Planner:
         self.by_ns = by_ns
         self.newest_first = {ns: sorted(by_ns[ns], reverse=True) for ns in by_ns}
         self.soft_choices: list[Key] = []
+        self._chosen: dict[str, tuple[Reasons, Reasons]] = {}
+
+    def _choices(self, ns: str) -> tuple[Reasons, Reasons]:
+        """A namespace's firm and soft choices (fresh copies), computed once per thread
+        however many plans `fit` tries."""
+        if ns not in self._chosen:
+            newest_first = self.newest_first[ns]
+            self._chosen[ns] = (self._must(self.by_ns[ns], newest_first), self._soft(newest_first))
+        must, soft = self._chosen[ns]
+        return must, dict(soft)
 
     def plan(self, withdrawn: frozenset[Key]) -> ThreadPlan:
         """The plan with the soft choices in `withdrawn` not made."""
@@ -449,8 +503,7 @@ class _Planner:
                     for cid in newest_first:
                         plan.reasons[(ns, cid)] = (f"call of deleted parent {parent}",)
                 continue
-            must = self._must(index, newest_first)
-            soft = self._soft(newest_first)
+            must, soft = self._choices(ns)
             if withdrawn:
                 soft = {cid: why for cid, why in soft.items() if (ns, cid) not in withdrawn}
             if self.policy.max_bytes is not None:  # what fitting may withdraw
@@ -500,6 +553,44 @@ class _Planner:
             soft = dict.fromkeys(newest_first[:n], ())
         if self.cutoff is None and not self.buckets:
             return soft
+        oldest_first = newest_first[::-1]
+        if all(map(_canonical_uuid6, oldest_first)):
+            self._soft_by_search(soft, oldest_first)
+        else:
+            self._soft_by_scan(soft, newest_first)
+        return soft
+
+    def _soft_by_search(self, soft: Reasons, oldest_first: Sequence[str]) -> None:
+        """Time and calendar choices when ids sort by time: a binary search per bucket
+        boundary instead of a clock reading per checkpoint (the common, fast path)."""
+        policy, explain = self.policy, self.explain
+        count = len(oldest_first)
+        if self.cutoff is not None:
+            within = f"within {_span(policy.keep_within or timedelta(0))}"
+            first = bisect_left(oldest_first, _first_id_at(self.cutoff))
+            for cid in oldest_first[first : max(0, count - policy.keep_last)]:  # not last N
+                _add(soft, cid, within, explain)
+        zone = self.zone
+        for label, bucket, wanted in self.buckets:
+            start_of = _BUCKET_START[label]
+            seen: set[tuple[int, ...]] = set()
+            end = count  # buckets of oldest_first[:end] are still to find
+            while end and len(seen) < wanted:
+                cid = oldest_first[end - 1]
+                micros = _unix_micros(cid)
+                assert micros is not None  # canonical UUIDv6
+                when = (_UNIX_EPOCH + timedelta(microseconds=micros)).astimezone(zone)
+                key = bucket(when)
+                if key not in seen:  # a repeated wall-clock hour has one key
+                    seen.add(key)
+                    _add(soft, cid, _bucket_name(label, key) if explain else label, explain)
+                boundary = _first_id_at(_micros(start_of(when)))
+                end = min(end - 1, bisect_left(oldest_first, boundary, 0, end))
+
+    def _soft_by_scan(self, soft: Reasons, newest_first: Sequence[str]) -> None:
+        """Time and calendar choices over ids of any form, one clock reading each."""
+        policy, explain = self.policy, self.explain
+        n = policy.keep_last
         stamps = [_unix_micros(cid) for cid in newest_first]
         if self.cutoff is not None:
             within = f"within {_span(policy.keep_within or timedelta(0))}"
@@ -507,24 +598,22 @@ class _Planner:
                 if micros is None or micros < self.cutoff:
                     break
                 _add(soft, cid, within, explain)
-        if self.buckets:
-            zone = self.zone
-            local = [
-                (cid, datetime.fromtimestamp(micros / 1e6, zone))
-                for cid, micros in zip(newest_first, stamps, strict=True)
-                if micros is not None
-            ]
-            for label, bucket, count in self.buckets:
-                seen: set[tuple[int, ...]] = set()
-                for cid, when in local:
-                    key = bucket(when)
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                    _add(soft, cid, _bucket_name(label, key) if explain else label, explain)
-                    if len(seen) >= count:
-                        break
-        return soft
+        zone = self.zone
+        local = [
+            (cid, (_UNIX_EPOCH + timedelta(microseconds=micros)).astimezone(zone))
+            for cid, micros in zip(newest_first, stamps, strict=True)
+            if micros is not None
+        ]
+        for label, bucket, wanted in self.buckets:
+            seen: set[tuple[int, ...]] = set()
+            for cid, when in local:
+                key = bucket(when)
+                if key in seen:
+                    continue
+                seen.add(key)
+                _add(soft, cid, _bucket_name(label, key) if explain else label, explain)
+                if len(seen) >= wanted:
+                    break
 
     def fit(self, max_bytes: int) -> ThreadPlan:
         """The plan withdrawing the fewest oldest soft choices that fits `max_bytes`, or
