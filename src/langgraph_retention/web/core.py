@@ -281,7 +281,7 @@ class Api:
 
     @staticmethod
     def _job_answer(job: Job, created: bool, params: PruneParams) -> Response:
-        if job.done.is_set() and created:
+        if job.done.is_set() and created and not params.background:
             if job.status == "locked":
                 raise HttpError(409, "sweep_running", job.error or "locked", job_id=job.id)
             if job.status == "failed":

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 from fastapi import APIRouter
 from starlette.requests import Request as StarletteRequest
@@ -16,6 +17,7 @@ from .http import Request, Response
 
 __all__ = ["make_router"]
 
+_PREFIX = "/api/cleanup/"
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
@@ -41,6 +43,19 @@ async def _request(req: StarletteRequest, path: str, max_body: int) -> Request:
         body=b"".join(chunks),
         body_too_large=too_large,
     )
+
+
+def _undecoded_rest(req: StarletteRequest, rest: str) -> str:
+    """The path after /api/cleanup/, percent-decoded exactly once from the raw path (some
+    servers and test clients decode `scope["path"]` twice: `%252F` would become `/`)."""
+    raw = req.scope.get("raw_path")
+    if not isinstance(raw, bytes):
+        return rest
+    text = raw.decode("latin-1")
+    at = text.find(_PREFIX)
+    if at < 0:
+        return rest
+    return unquote(text[at + len(_PREFIX) :].encode("latin-1").decode("utf-8", "replace"))
 
 
 def _send(response: Response) -> StarletteResponse:
@@ -72,7 +87,7 @@ def make_router(
         return _send(await core.ahandle(await _request(request, "/metrics", core.max_body)))
 
     async def cleanup(request: StarletteRequest, rest: str) -> StarletteResponse:
-        path = f"/api/cleanup/{rest}"
+        path = f"/api/cleanup/{_undecoded_rest(request, rest)}"
         return _send(await core.ahandle(await _request(request, path, core.max_body)))
 
     for rule, view in (

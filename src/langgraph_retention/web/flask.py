@@ -69,17 +69,18 @@ def make_blueprint(
     def prom() -> FlaskResponse:
         return _send(core.handle(_request("/metrics", core.max_body)))
 
-    def cleanup(rest: str) -> FlaskResponse:
+    def cleanup(rest: str = "") -> FlaskResponse:
         return _send(core.handle(_request(f"/api/cleanup/{rest}", core.max_body)))
 
     for rule, view in (
         ("/healthz", health),
         ("/metrics", prom),
+        ("/api/cleanup/", cleanup),
         ("/api/cleanup/<path:rest>", cleanup),
     ):
         bp.add_url_rule(
             rule,
-            view.__name__,
+            f"{view.__name__}{'_root' if rule.endswith('/') else ''}",
             view,
             methods=_METHODS,
             provide_automatic_options=False,
