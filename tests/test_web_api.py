@@ -319,9 +319,7 @@ def test_wrong_method_is_a_405_json(
     assert counts(saver) == before
 
 
-@pytest.mark.parametrize(
-    "query", ["?explain=maybe", "?keep_count=1", "?explain=1&explain=0"]
-)
+@pytest.mark.parametrize("query", ["?explain=maybe", "?keep_count=1", "?explain=1&explain=0"])
 def test_bad_query_is_a_400_json(client: Client, saver: InMemorySaver, query: str) -> None:
     before = counts(saver)
 
@@ -331,9 +329,7 @@ def test_bad_query_is_a_400_json(client: Client, saver: InMemorySaver, query: st
     assert counts(saver) == before
 
 
-@pytest.mark.parametrize(
-    "query", ["top=0", "top=x", "limit=100000", "top=2&limit=2", "color=red"]
-)
+@pytest.mark.parametrize("query", ["top=0", "top=x", "limit=100000", "top=2&limit=2", "color=red"])
 def test_bad_stats_query_is_a_400_json(client: Client, query: str) -> None:
     r = client.get(f"/api/cleanup/stats?{query}")
 
