@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from flask import Flask
 
-from langgraph_retention.web import make_blueprint, make_router
+from langgraph_retention.web import Api, make_blueprint, make_router
 
 ADAPTERS = ["flask", "fastapi"]
 TOKEN = "s3cret-token"
@@ -36,7 +36,8 @@ class Answer:
 class Client:
     """`request` through the adapter's own test client; `token` sent unless told not to."""
 
-    def __init__(self, raw: Any, kind: str, token: str | None) -> None:
+    def __init__(self, raw: Any, kind: str, token: str | None, api: Api) -> None:
+        self.api = api
         self.raw = raw
         self.kind = kind
         self.token = token
@@ -79,12 +80,13 @@ def api_client(
     kind: str, saver: Any, policy: Any, *, token: str | None = TOKEN, **options: Any
 ) -> Iterator[Client]:
     """The API over `saver` in a fresh app of `kind` (flask: sync engine; fastapi: async)."""
+    core = Api(saver, policy, token=token, **options)
     if kind == "flask":
         app = Flask("test_app")
-        app.register_blueprint(make_blueprint(saver, policy, token=token, **options))
-        yield Client(app.test_client(), kind, token)
+        app.register_blueprint(make_blueprint(saver, policy, api=core))
+        yield Client(app.test_client(), kind, token, core)
         return
     fast = FastAPI()
-    fast.include_router(make_router(saver, policy, token=token, **options))
+    fast.include_router(make_router(saver, policy, api=core))
     with TestClient(fast, raise_server_exceptions=False) as client:
-        yield Client(client, kind, token)
+        yield Client(client, kind, token, core)
