@@ -5,7 +5,6 @@ Copied unchanged but for the base URL, which the seed hard-codes as http://local
 (`cleanup_once` takes it as a default argument here) and the `schedule` loop, which is
 not part of the HTTP calls.
 """
-# ruff: noqa: RUF001
 
 import logging
 
@@ -15,11 +14,11 @@ logger = logging.getLogger("seed.cleanup_scheduler")
 
 
 class CheckpointCleanupScheduler:
-    def __init__(self, flask_api_url="http://localhost:5000", keep_count=10):  # type: ignore[no-untyped-def]
+    def __init__(self, flask_api_url="http://localhost:5000", keep_count=10):
         self.api_url = flask_api_url
         self.keep_count = keep_count
 
-    def cleanup_all_checkpoints(self):  # type: ignore[no-untyped-def]
+    def cleanup_all_checkpoints(self):
         """调用Flask API清理所有checkpoint"""
         try:
             logger.info("开始定时清理所有checkpoint...")
@@ -46,7 +45,7 @@ class CheckpointCleanupScheduler:
             logger.error(f"清理出错: {e}")
             return False
 
-    def get_cleanup_stats(self):  # type: ignore[no-untyped-def]
+    def get_cleanup_stats(self):
         """获取清理统计信息"""
         try:
             response = requests.get(f"{self.api_url}/api/cleanup/stats", timeout=30)
@@ -64,7 +63,7 @@ class CheckpointCleanupScheduler:
             logger.error(f"获取统计出错: {e}")
             return None
 
-    def cleanup_specific_thread(self, thread_id: str):  # type: ignore[no-untyped-def]
+    def cleanup_specific_thread(self, thread_id: str):
         """清理特定thread"""
         try:
             response = requests.post(
@@ -87,7 +86,7 @@ class CheckpointCleanupScheduler:
 
 
 # cleanup_once.py - 单次执行的清理脚本
-def cleanup_once(api_url="http://localhost:5000"):  # type: ignore[no-untyped-def]
+def cleanup_once(api_url="http://localhost:5000"):
     try:
         response = requests.post(f"{api_url}/api/cleanup/all", json={"keep_count": 10}, timeout=300)
 

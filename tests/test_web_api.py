@@ -19,7 +19,15 @@ from langgraph_retention.web.params import MAX_BODY_BYTES
 
 from .web_clients import ADAPTERS, TOKEN, Client, api_client, thread_path
 
-ODD_IDS = [SEED_THREAD_ID, "user/42/chat", "with spaces ", "客服 会话·7", "a%2Fb?x=1#frag"]
+ODD_IDS = [
+    SEED_THREAD_ID,
+    "user/42/chat",
+    "/lead//trail/",
+    "with spaces ",
+    "line\nbreak",
+    "客服 会话·7",
+    "a%2Fb?x=1#frag",
+]
 THREADS = [(tid, 3) for tid in ODD_IDS] + [("small", 1)]  # 3 turns: 15 checkpoints
 POLICY = RetentionPolicy(keep_last=4)
 

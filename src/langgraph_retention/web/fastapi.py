@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from fastapi import APIRouter
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response as StarletteResponse
 
@@ -43,6 +44,21 @@ async def _request(req: StarletteRequest, path: str, max_body: int) -> Request:
         body=b"".join(chunks),
         body_too_large=too_large,
     )
+
+
+class _AnyPath(Convertor[str]):
+    """Starlette's `path`, newlines included (thread ids may hold any character)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("lgr_anypath", _AnyPath())
 
 
 def _undecoded_rest(req: StarletteRequest, rest: str) -> str:
@@ -93,7 +109,7 @@ def make_router(
     for rule, view in (
         ("/healthz", health),
         ("/metrics", prom),
-        ("/api/cleanup/{rest:path}", cleanup),
+        ("/api/cleanup/{rest:lgr_anypath}", cleanup),
     ):
         router.add_api_route(rule, view, methods=_METHODS, include_in_schema=False)
     router.api = core  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ from flask import Blueprint, Flask
 from flask import Response as FlaskResponse
 from flask import request as flask_request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from langgraph_retention.rules import PolicySource
 
@@ -19,6 +20,13 @@ __all__ = ["make_app", "make_blueprint"]
 
 #: Every method reaches the core, which answers 405 (JSON) for the wrong one.
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+class _AnyPath(PathConverter):
+    """`path`, newlines included (thread ids may hold any character)."""
+
+    regex = r"[\s\S]*?"
+    part_isolating = False  # werkzeug guesses True for a regex without "/"
 
 
 def _request(path: str, max_body: int) -> Request:
@@ -62,6 +70,7 @@ def make_blueprint(
     `options` go to `Api` (max_body, sync_wait, stats_cap, jobs)."""
     core = api or Api(saver, policy, token=token, **options)
     bp = Blueprint(name, __name__)
+    bp.record_once(lambda state: state.app.url_map.converters.setdefault("anypath", _AnyPath))
 
     def health() -> FlaskResponse:
         return _send(core.handle(_request("/healthz", core.max_body)))
@@ -76,7 +85,7 @@ def make_blueprint(
         ("/healthz", health),
         ("/metrics", prom),
         ("/api/cleanup/", cleanup),
-        ("/api/cleanup/<path:rest>", cleanup),
+        ("/api/cleanup/<anypath:rest>", cleanup),
     ):
         bp.add_url_rule(
             rule,
