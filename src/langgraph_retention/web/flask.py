@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Flask
 from flask import Response as FlaskResponse
 from flask import request as flask_request
+from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
@@ -27,6 +28,10 @@ class _AnyPath(PathConverter):
 
     regex = r"[\s\S]*?"
     part_isolating = False  # werkzeug guesses True for a regex without "/"
+
+
+def _register_converter(state: BlueprintSetupState) -> None:
+    state.app.url_map.converters.setdefault("anypath", _AnyPath)
 
 
 def _request(path: str, max_body: int) -> Request:
@@ -70,7 +75,7 @@ def make_blueprint(
     `options` go to `Api` (max_body, sync_wait, stats_cap, jobs)."""
     core = api or Api(saver, policy, token=token, **options)
     bp = Blueprint(name, __name__)
-    bp.record_once(lambda state: state.app.url_map.converters.setdefault("anypath", _AnyPath))
+    bp.record_once(_register_converter)
 
     def health() -> FlaskResponse:
         return _send(core.handle(_request("/healthz", core.max_body)))
