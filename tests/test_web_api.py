@@ -449,3 +449,26 @@ def test_openapi_document_lists_every_endpoint(client: Client) -> None:
 
 
 from urllib.parse import quote  # noqa: E402  (used by the paging test)
+
+
+def test_a_sweep_longer_than_the_wait_answers_202_with_its_job(saver: InMemorySaver) -> None:
+    gate = threading.Event()
+
+    def slow(_thread_id: str) -> RetentionPolicy:
+        gate.wait(30)
+        return POLICY
+
+    with api_client("flask", saver, slow, sync_wait=0.05) as client:
+        r = client.post("/api/cleanup/all", json={"keep_count": 2})
+        gate.set()
+        job = _wait_for_job(client, r.json()["job_id"])
+
+    assert r.status == 202 and r.json()["status"] == "running"
+    assert job["status"] == "completed" and job["result"]["total_deleted"] > 0
+
+
+def test_all_with_explain_gives_each_threads_decisions(client: Client) -> None:
+    data = client.post("/api/cleanup/all?explain=1", json={"keep_count": 2, "dry_run": True})
+
+    results = data.json()["results"]
+    assert all(sum(d["kept"] for d in r["decisions"]) == 2 for r in results.values())

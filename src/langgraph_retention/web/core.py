@@ -178,15 +178,7 @@ class Api:
         return self._plain(name, args)
 
     def _sweep(self, job: Job, params: PruneParams) -> PruneReport:
-        return engine.sweep(
-            self.saver,
-            params.policy,
-            dry_run=params.dry_run,
-            progress=job.progress,
-            stop=job.stop_requested,
-            exclusive=not params.dry_run,
-            explain=params.explain,
-        )
+        return engine.sweep(self.saver, params.policy, **_sweep_options(job, params))
 
     # -- async -----------------------------------------------------------------------------
 
@@ -226,15 +218,7 @@ class Api:
         return self._plain(name, args)
 
     def _asweep(self, job: Job, params: PruneParams) -> Awaitable[PruneReport]:
-        return engine.asweep(
-            self.saver,
-            params.policy,
-            dry_run=params.dry_run,
-            progress=job.progress,
-            stop=job.stop_requested,
-            exclusive=not params.dry_run,
-            explain=params.explain,
-        )
+        return engine.asweep(self.saver, params.policy, **_sweep_options(job, params))
 
     async def _astats(self, params: StatsParams) -> Response:
         if params.paged:
@@ -321,6 +305,18 @@ class Api:
             500,
             error_body("internal_error", "see the server log", incident=incident),
         )
+
+
+def _sweep_options(job: Job, params: PruneParams) -> dict[str, Any]:
+    """A job's sweep: progress into the job, stoppable, and (unless a dry run) holding the
+    store's sweep lock so no other process sweeps it meanwhile."""
+    return {
+        "dry_run": params.dry_run,
+        "progress": job.progress,
+        "stop": job.stop_requested,
+        "exclusive": not params.dry_run,
+        "explain": params.explain,
+    }
 
 
 async def _wait(job: Job, timeout: float) -> None:

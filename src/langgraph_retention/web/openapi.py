@@ -29,6 +29,7 @@ _POLICY = {
         "timezone": {"type": "string", "example": "UTC"},
         "idle_ttl": {"type": "string", "example": "30d"},
         "max_age": {"type": "string", "example": "90d"},
+        "delta_channels": {"type": "string", "example": "keep_ancestry"},
     },
     "additionalProperties": False,
 }
