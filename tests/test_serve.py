@@ -44,14 +44,15 @@ class Server:
 
 @contextmanager
 def serving(
-    url: str, *args: str, tmp_path: Path, env: dict[str, str] | None = None
+    url: str, *args: str, tmp_path: Path, env: dict[str, str] | None = None, port: int = 0
 ) -> Iterator[Server]:
-    port = free_port()
+    """`serve` on `port` (a free one given as --port unless told which, e.g. by --config)."""
+    flag = [] if port else ["--port", str(port := free_port())]
     log = tmp_path / f"serve-{port}.log"
     with log.open("w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "langgraph_retention.cli", "serve", "--url", url,
-             "--port", str(port), *args],
+             *flag, *args],
             stdout=err, stderr=err, cwd=ROOT, env={**os.environ, **(env or {})},
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -229,3 +230,20 @@ def test_a_sweep_another_process_runs_is_a_409_naming_it(
     assert r.status_code == 409 and r.json()["error"] == "sweep_running"
     assert "another sweep holds the lock" in r.json()["message"]
     assert checkpoint_counts(url) == before
+
+
+def test_the_settings_file_gives_port_token_and_policy(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = populated_url("sqlite", request, tmp_path, THREADS)
+    port = free_port()
+    config = tmp_path / "retention.toml"
+    config.write_text(f'token = "from-config"\n[policy]\nkeep_last = 2\n[serve]\nport = {port}\n')
+    with serving(url, "--config", str(config), tmp_path=tmp_path, port=port) as server:
+        r = requests.post(
+            f"{server.base}/api/cleanup/thread/{quote(SEED_THREAD_ID)}",
+            headers={"Authorization": "Bearer from-config"},
+            timeout=30,
+        )
+
+    assert r.status_code == 200 and r.json()["remaining_count"] == 2
