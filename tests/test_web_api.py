@@ -386,6 +386,8 @@ def test_healthz_needs_no_token(client: Client) -> None:
     r = client.get("/healthz", auth=False)
 
     assert r.status == 200 and r.json() == {"status": "ok"}
+    assert r.headers["cache-control"] == "no-store"
+    assert r.headers["x-content-type-options"] == "nosniff"
 
 
 @pytest.mark.parametrize("kind", ADAPTERS)

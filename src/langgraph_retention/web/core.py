@@ -116,19 +116,7 @@ class Api:
             explain = query_flags(req.query, ("explain",)).get("explain", False)
             body = parse_body(req.body, req.headers.get("content-type"))
             fields = THREAD_FIELDS if name == "thread" else ALL_FIELDS
-            params = prune_params(body, self.policy, known=fields)
-            want_explain = explain or params.include_kept
-            return (
-                name,
-                args,
-                PruneParams(
-                    params.policy,
-                    params.dry_run,
-                    want_explain,
-                    params.include_kept,
-                    params.background,
-                ),
-            )
+            return name, args, prune_params(body, self.policy, known=fields, explain=explain)
         if name == "stats":
             return name, args, stats_params(req.query)
         query_flags(req.query)  # no parameters elsewhere
@@ -144,8 +132,7 @@ class Api:
             response = self._sync(name, args, params)
         except Exception as exc:
             response = self._failure(exc, req, name)
-        HTTP_REQUESTS.labels(name, str(response.status)).inc()
-        return response
+        return _sent(name, response)
 
     def _sync(self, name: str, args: dict[str, str], params: Any) -> Response:
         if name == "healthz":
@@ -190,8 +177,7 @@ class Api:
             response = await self._async(name, args, params)
         except Exception as exc:
             response = self._failure(exc, req, name)
-        HTTP_REQUESTS.labels(name, str(response.status)).inc()
-        return response
+        return _sent(name, response)
 
     async def _async(self, name: str, args: dict[str, str], params: Any) -> Response:
         if name == "healthz":
@@ -305,6 +291,18 @@ class Api:
             500,
             error_body("internal_error", "see the server log", incident=incident),
         )
+
+
+#: On every answer: nothing here may be cached or sniffed into another type.
+_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+def _sent(name: str, response: Response) -> Response:
+    """Count the answer and add the common headers."""
+    HTTP_REQUESTS.labels(name, str(response.status)).inc()
+    for key, value in _HEADERS.items():
+        response.headers.setdefault(key, value)
+    return response
 
 
 def _sweep_options(job: Job, params: PruneParams) -> dict[str, Any]:

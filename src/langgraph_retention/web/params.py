@@ -157,9 +157,14 @@ def _keep_count(value: Any) -> int:
 
 
 def prune_params(
-    body: Mapping[str, Any], server_policy: PolicySource | None, *, known: Sequence[str]
+    body: Mapping[str, Any],
+    server_policy: PolicySource | None,
+    *,
+    known: Sequence[str],
+    explain: bool = False,
 ) -> PruneParams:
-    """A prune request's body checked against `known` fields, its policy resolved."""
+    """A prune request's body checked against `known` fields, its policy resolved
+    (`include_kept` needs the explanation: the kept ids come from it)."""
     unknown = sorted(set(body) - set(known))
     if unknown:
         raise HttpError(
@@ -176,10 +181,12 @@ def prune_params(
         if "keep_last" in overrides:
             raise HttpError(400, "invalid_field", "give keep_count or policy.keep_last, not both")
         overrides["keep_last"] = _keep_count(body["keep_count"])
+    include_kept = _bool_field(body, "include_kept")
     return PruneParams(
         policy=effective_policy(server_policy, overrides),
         dry_run=_bool_field(body, "dry_run"),
-        include_kept=_bool_field(body, "include_kept"),
+        explain=explain or include_kept,
+        include_kept=include_kept,
         background=_bool_field(body, "background"),
     )
 
