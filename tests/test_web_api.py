@@ -474,3 +474,29 @@ def test_all_with_explain_gives_each_threads_decisions(client: Client) -> None:
 
     results = data.json()["results"]
     assert all(sum(d["kept"] for d in r["decisions"]) == 2 for r in results.values())
+
+
+@pytest.mark.parametrize("kind", ADAPTERS)
+@pytest.mark.parametrize("remote", ["192.0.2.7", "2001:db8::1"])
+def test_without_a_token_only_loopback_clients_are_answered(
+    kind: str, saver: InMemorySaver, remote: str
+) -> None:
+    before = counts(saver)
+    with api_client(kind, saver, POLICY, token=None, remote=remote) as client:
+        prune = client.post("/api/cleanup/all", json={"keep_count": 1})
+        health = client.get("/healthz")
+
+    assert prune.status == 403 and prune.json()["error"] == "forbidden"
+    assert health.status == 200
+    assert counts(saver) == before
+
+
+@pytest.mark.parametrize("kind", ADAPTERS)
+@pytest.mark.parametrize("remote", ["127.0.0.1", "127.8.9.10", "::1"])
+def test_without_a_token_loopback_clients_are_answered(
+    kind: str, saver: InMemorySaver, remote: str
+) -> None:
+    with api_client(kind, saver, POLICY, token=None, remote=remote) as client:
+        r = client.get("/api/cleanup/stats")
+
+    assert r.status == 200

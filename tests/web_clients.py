@@ -77,16 +77,25 @@ def thread_path(thread_id: str) -> str:
 
 @contextmanager
 def api_client(
-    kind: str, saver: Any, policy: Any, *, token: str | None = TOKEN, **options: Any
+    kind: str,
+    saver: Any,
+    policy: Any,
+    *,
+    token: str | None = TOKEN,
+    remote: str = "127.0.0.1",
+    **options: Any,
 ) -> Iterator[Client]:
     """The API over `saver` in a fresh app of `kind` (flask: sync engine; fastapi: async)."""
     core = Api(saver, policy, token=token, **options)
     if kind == "flask":
         app = Flask("test_app")
         app.register_blueprint(make_blueprint(saver, policy, api=core))
-        yield Client(app.test_client(), kind, token, core)
+        flask_client = app.test_client()
+        flask_client.environ_base["REMOTE_ADDR"] = remote
+        yield Client(flask_client, kind, token, core)
         return
+    client_address = (remote, 50000)
     fast = FastAPI()
     fast.include_router(make_router(saver, policy, api=core))
-    with TestClient(fast, raise_server_exceptions=False) as client:
+    with TestClient(fast, raise_server_exceptions=False, client=client_address) as client:
         yield Client(client, kind, token, core)

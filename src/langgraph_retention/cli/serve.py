@@ -8,7 +8,6 @@ requests in flight finish (and a running sweep job end after its batch), then ex
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import signal
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 
 from langgraph_retention.config import read_token
 from langgraph_retention.errors import UsageError
+from langgraph_retention.web.auth import is_loopback
 
 from ._common import (
     EXIT_OK,
@@ -30,7 +30,7 @@ from ._common import (
     settings_from_args,
 )
 
-__all__ = ["add_parser", "is_loopback", "run"]
+__all__ = ["add_parser", "run"]
 
 logger = logging.getLogger("langgraph_retention.web")
 
@@ -61,16 +61,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sv.add_argument(
         "--threads", type=positive_int, default=8, metavar="N", help="worker threads (default 8)"
     )
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` only accepts connections from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _policy(args: argparse.Namespace, settings: Any) -> Any:

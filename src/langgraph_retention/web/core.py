@@ -18,7 +18,7 @@ from langgraph_retention.report import PruneReport
 from langgraph_retention.rules import PolicySource
 
 from . import openapi
-from .auth import check_bearer
+from .auth import check_bearer, check_client
 from .bodies import StatsFold, page_body, thread_body
 from .http import HTTP_FAILURES, HTTP_REQUESTS, HttpError, Request, Response, error_body
 from .jobs import Job, Jobs
@@ -78,7 +78,8 @@ def _route(req: Request) -> tuple[str, dict[str, str]]:
 
 class Api:
     """The cleanup API over one saver and its default policy (None: requests must send
-    `keep_count` or `policy`). `token` None means no authentication (loopback only)."""
+    `keep_count` or `policy`). `token` None means no authentication, and then only
+    loopback clients are answered (403 for others; `/healthz` stays open)."""
 
     def __init__(
         self,
@@ -106,6 +107,7 @@ class Api:
     def _prepare(self, req: Request) -> tuple[str, dict[str, str], Any]:
         name, args = _route(req) if req.path == "/healthz" else ("", {})
         if name != "healthz":
+            check_client(req.remote, self.token)
             check_bearer(req.headers.get("authorization"), self.token)
             name, args = _route(req)
         if name in ("thread", "all"):

@@ -43,6 +43,7 @@ async def _request(req: StarletteRequest, path: str, max_body: int) -> Request:
         headers={k.lower(): v for k, v in req.headers.items()},
         body=b"".join(chunks),
         body_too_large=too_large,
+        remote=req.client.host if req.client is not None else None,
     )
 
 

@@ -48,6 +48,7 @@ def _request(path: str, max_body: int) -> Request:
         headers={k.lower(): v for k, v in flask_request.headers.items()},
         body=body[:max_body],
         body_too_large=too_large,
+        remote=flask_request.remote_addr,
     )
 
 

@@ -45,7 +45,8 @@ HTTP_FAILURES = Counter(
 class Request:
     """One HTTP request as the core sees it: the path relative to where the API is mounted
     (`/api/cleanup/stats`, `/healthz`), already percent-decoded; header names lower-case;
-    at most the allowed body (`body_too_large` says the client sent more)."""
+    at most the allowed body (`body_too_large` says the client sent more); the client's
+    address as the server saw it."""
 
     method: str
     path: str
@@ -53,6 +54,8 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     body_too_large: bool = False
+    #: The client's address (None: unknown, e.g. a unix socket).
+    remote: str | None = None
 
 
 @dataclass(slots=True)
