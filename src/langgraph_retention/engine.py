@@ -42,6 +42,7 @@ __all__ = [
     "OnBeforeDelete",
     "Stop",
     "acheck_store",
+    "aiter_stats",
     "aprune_thread",
     "astats",
     "astats_page",
@@ -617,6 +618,28 @@ def iter_stats(
             yield from backend.thread_stats(batch)
 
 
+async def aiter_stats(
+    saver: Any, *, thread_ids: Iterable[str] | None = None, batch_size: int = 500
+) -> AsyncIterator[tuple[str, ThreadStats]]:
+    """Async `iter_stats`: per-thread stats streamed in batches, memory flat."""
+    ids = _check_thread_ids(thread_ids)
+    size = _check_batch_size(batch_size)
+    backend = resolve_backend(saver)
+
+    async def given() -> AsyncIterator[str]:
+        for tid in ids or ():
+            yield tid
+
+    source = given() if ids is not None else _async_thread_ids(backend)
+    async for batch in _abatched(source, size):
+        if backend.is_async:
+            found = await backend.athread_stats(batch)
+        else:
+            found = await asyncio.to_thread(backend.thread_stats, batch)
+        for row in found:
+            yield row
+
+
 #: Threads per page of `stats_page` unless asked otherwise, and the most it returns.
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10_000
@@ -672,20 +695,7 @@ def stats(saver: Any, *, thread_ids: Iterable[str] | None = None) -> Stats:
 
 async def astats(saver: Any, *, thread_ids: Iterable[str] | None = None) -> Stats:
     """Async `stats`."""
-    ids = _check_thread_ids(thread_ids)
-    backend = resolve_backend(saver)
     result = Stats()
-
-    async def given() -> AsyncIterator[str]:
-        for tid in ids or ():
-            yield tid
-
-    source = given() if ids is not None else _async_thread_ids(backend)
-    async for batch in _abatched(source, 500):
-        if backend.is_async:
-            found = await backend.athread_stats(batch)
-        else:
-            found = await asyncio.to_thread(backend.thread_stats, batch)
-        for tid, ts in found:
-            result.add(tid, ts)
+    async for tid, ts in aiter_stats(saver, thread_ids=thread_ids):
+        result.add(tid, ts)
     return result

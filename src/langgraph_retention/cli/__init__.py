@@ -1,4 +1,4 @@
-"""The `langgraph-retention` command: demo, stats, prune, schedule.
+"""The `langgraph-retention` command: demo, stats, prune, schedule, serve.
 
 Exit codes: 0 success; 1 a thread or the store failed during the run; 2 bad input
 (usage, URL, duration, cron expression, a store that cannot be opened or holds no
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from langgraph_retention.errors import RetentionError, SweepLockHeld, UsageError
 
-from . import demo, prune, schedule, stats
+from . import demo, prune, schedule, serve, stats
 from ._common import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE
 
 __all__ = ["EXIT_FAILED", "EXIT_LOCKED", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -28,9 +28,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "stats": stats.run,
     "prune": prune.run,
     "schedule": schedule.run,
+    "serve": serve.run,
 }
 #: Commands that run for long and say what they do at INFO level.
-DAEMONS = frozenset({"schedule"})
+DAEMONS = frozenset({"schedule", "serve"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, stats, prune, schedule):
+    for module in (demo, stats, prune, schedule, serve):
         module.add_parser(sub)
     return parser
 
