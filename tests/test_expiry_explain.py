@@ -15,7 +15,7 @@ from langgraph_retention.rules import ThreadRules
 from .graphs import build_interrupt_graph, config, resume, user_turn
 
 #: Savers whose backends read every fact the richer rules need.
-KINDS = ["memory"]
+KINDS = ["memory", "sqlite"]
 pytestmark = pytest.mark.parametrize("sync_saver", KINDS, indirect=True)
 LATER = datetime.now(UTC) + timedelta(days=40)
 
@@ -177,3 +177,16 @@ def test_max_bytes_shrinks_a_thread_and_keeps_it_running(sync_saver: Any) -> Non
     assert stats(sync_saver).threads["t"].bytes <= size // 3
     assert graph.get_state(config("t")) == before
     chat(graph, "t", 1)
+
+
+def test_a_coroutine_hook_in_a_sync_sweep_keeps_the_thread_and_says_why(sync_saver: Any) -> None:
+    chat(build_agent(sync_saver), "t", 1)
+
+    async def approve(thread_id: str, reason: str) -> bool:
+        return True
+
+    report = sweep(
+        sync_saver, RetentionPolicy(idle_ttl=timedelta(days=1)), on_before_delete=approve, now=LATER
+    )
+
+    assert "needs asweep" in report.errors["t"] and checkpoints(sync_saver) == {"t": 5}

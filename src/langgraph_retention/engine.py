@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import time
 from collections.abc import (
@@ -29,7 +30,7 @@ from typing import Any, TypeVar
 from langgraph_retention import metrics
 from langgraph_retention.backends import Backend, resolve_backend
 from langgraph_retention.backends.base import Span
-from langgraph_retention.errors import SweepLockHeld
+from langgraph_retention.errors import SweepLockHeld, UsageError
 from langgraph_retention.lock import SweepLock
 from langgraph_retention.policy import Expiry, RetentionPolicy, thread_expiry
 from langgraph_retention.report import PruneReport, Stats, ThreadResult, ThreadStats
@@ -66,8 +67,9 @@ DEFAULT_BATCH_SIZE = 100
 T = TypeVar("T")
 Progress = Callable[[ThreadResult], None]
 #: Asked before a whole thread is deleted for `idle_ttl`/`max_age`, with its id and the
-#: reason; False keeps it. It runs between transactions, so it may look things up.
-OnBeforeDelete = Callable[[str, str], bool | None]
+#: reason; False keeps it. It runs between transactions, so it may look things up; with
+#: `asweep`/`aprune_thread` it may be a coroutine function.
+OnBeforeDelete = Callable[[str, str], "bool | Awaitable[bool | None] | None"]
 #: Asked before each batch of a sweep; True ends the sweep there (a SIGTERM handler's flag).
 Stop = Callable[[], bool]
 
@@ -171,29 +173,70 @@ class _Pass:
     approve: OnBeforeDelete | None = None
 
 
+def _expiring(
+    spans: Mapping[str, Span], policy: RetentionPolicy, run: _Pass
+) -> Iterator[tuple[str, str, str]]:
+    """(thread id, newest checkpoint id, reason) of each thread the policy expires."""
+    for tid, (first, newest) in spans.items():
+        reason = thread_expiry(first, newest, policy, run.now)
+        if reason is not None:
+            yield tid, newest, reason
+
+
+class _Verdicts:
+    """`on_before_delete`'s answers folded into the expiries and the failed threads."""
+
+    def __init__(self) -> None:
+        self.expire: dict[str, Expiry] = {}
+        self.failed: list[ThreadResult] = []
+
+    def failed_hook(self, tid: str, exc: Exception) -> None:
+        self.failed.append(ThreadResult(tid, error=f"on_before_delete failed: {exc!r}"))
+
+    def answer(self, tid: str, newest: str, reason: str, verdict: object) -> None:
+        if verdict is False:
+            logger.info("thread %r kept: on_before_delete vetoed its expiry (%s)", tid, reason)
+        else:
+            self.expire[tid] = Expiry(newest, reason)
+
+
 def _expiries(
     spans: Mapping[str, Span], policy: RetentionPolicy, run: _Pass
 ) -> tuple[dict[str, Expiry], list[ThreadResult]]:
     """The threads to delete whole, and the threads the hook failed on (kept, reported).
 
     `on_before_delete` runs here, outside any transaction: False keeps the thread."""
-    expire: dict[str, Expiry] = {}
-    failed: list[ThreadResult] = []
-    for tid, (first, newest) in spans.items():
-        reason = thread_expiry(first, newest, policy, run.now)
-        if reason is None:
+    verdicts = _Verdicts()
+    for tid, newest, reason in _expiring(spans, policy, run):
+        try:
+            verdict = run.approve(tid, reason) if run.approve is not None else True
+            if inspect.isawaitable(verdict):
+                if inspect.iscoroutine(verdict):
+                    verdict.close()
+                raise UsageError("a coroutine on_before_delete needs asweep/aprune_thread")
+        except Exception as exc:
+            verdicts.failed_hook(tid, exc)
             continue
-        if run.approve is not None:
-            try:
-                verdict = run.approve(tid, reason)
-            except Exception as exc:
-                failed.append(ThreadResult(tid, error=f"on_before_delete failed: {exc!r}"))
-                continue
-            if verdict is False:
-                logger.info("thread %r kept: on_before_delete vetoed its expiry (%s)", tid, reason)
-                continue
-        expire[tid] = Expiry(newest, reason)
-    return expire, failed
+        verdicts.answer(tid, newest, reason, verdict)
+    return verdicts.expire, verdicts.failed
+
+
+async def _aexpiries(
+    spans: Mapping[str, Span], policy: RetentionPolicy, run: _Pass
+) -> tuple[dict[str, Expiry], list[ThreadResult]]:
+    """`_expiries` on asyncio: a coroutine hook is awaited (an async app checks its own
+    services without blocking the loop)."""
+    verdicts = _Verdicts()
+    for tid, newest, reason in _expiring(spans, policy, run):
+        try:
+            verdict: object = run.approve(tid, reason) if run.approve is not None else True
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except Exception as exc:
+            verdicts.failed_hook(tid, exc)
+            continue
+        verdicts.answer(tid, newest, reason, verdict)
+    return verdicts.expire, verdicts.failed
 
 
 def _prune_batch(
@@ -232,7 +275,7 @@ async def _aprune_batch(
             spans = await backend.athread_spans(ids)
         else:
             spans = await asyncio.to_thread(backend.thread_spans, ids)
-        expire, results = _expiries(spans, policy, run)
+        expire, results = await _aexpiries(spans, policy, run)
         ids = _without(ids, results)
     call = backend.aprune_batch if backend.is_async else _in_thread(backend.prune_batch)
     return results + await call(

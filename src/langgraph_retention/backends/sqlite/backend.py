@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from langgraph.checkpoint.serde.types import TASKS
+from langgraph.checkpoint.serde.types import INTERRUPT, TASKS
 from langgraph.checkpoint.sqlite.aio import _ensure_connected
 
 from langgraph_retention.errors import RetentionError
@@ -27,11 +27,10 @@ from langgraph_retention.policy import (
     RetentionPolicy,
     checkpoint_time,
     delta_needs,
-    plan_thread,
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from ..base import Backend, gc_paused, not_yet
+from ..base import Backend, Span, decide, gc_paused
 from .lock import FileSweepLock
 from .schema import database_file_program, missing_table, missing_tables_program, not_ready
 
@@ -52,12 +51,45 @@ FROM checkpoints
 WHERE thread_id IN (SELECT value FROM json_each(?))
 """
 
-# Checkpoints whose pending writes carry sends; a pre-v4 child reads them when it loads.
-SENDS_SQL = f"""
-SELECT DISTINCT thread_id, checkpoint_ns, checkpoint_id
+# Checkpoints whose pending writes carry sends (a pre-v4 child reads them when it loads)
+# or an interrupt (a place the graph asked a human: `keep_interrupted`).
+SPECIAL_WRITES_SQL = f"""
+SELECT DISTINCT thread_id, checkpoint_ns, checkpoint_id, channel
 FROM writes
-WHERE thread_id IN (SELECT value FROM json_each(?)) AND channel = '{TASKS}'
+WHERE thread_id IN (SELECT value FROM json_each(?)) AND channel IN ('{TASKS}', '{INTERRUPT}')
 """
+
+# Only for `max_bytes`: each checkpoint's pending writes' bytes (its inline values and
+# metadata come with the index).
+WRITE_SIZES_SQL = """
+SELECT thread_id, checkpoint_ns, checkpoint_id, sum(length(value))
+FROM writes
+WHERE thread_id IN (SELECT value FROM json_each(?))
+GROUP BY thread_id, checkpoint_ns, checkpoint_id
+"""
+
+# Only for `keep_tagged`: the metadata key's value per checkpoint (`?` is a JSON path).
+TAGS_SQL = """
+SELECT thread_id, checkpoint_ns, checkpoint_id, json_extract(CAST(metadata AS TEXT), ?)
+FROM checkpoints
+WHERE thread_id IN (SELECT value FROM json_each(?))
+"""
+
+# Thread expiry: each thread's oldest and newest checkpoint over every namespace.
+SPANS_SQL = """
+SELECT thread_id, min(checkpoint_id), max(checkpoint_id)
+FROM checkpoints
+WHERE thread_id IN (SELECT value FROM json_each(?))
+GROUP BY thread_id
+"""
+
+# A whole expired thread, read and deleted in one write transaction (the index read in it
+# saw the newest checkpoint the expiry names, and no writer can commit in between).
+THREAD_WRITES_SIZE_SQL = """
+SELECT count(*), coalesce(sum(length(value)), 0) FROM writes WHERE thread_id = ?
+"""
+DELETE_THREAD_WRITES_SQL = "DELETE FROM writes WHERE thread_id = ?"
+DELETE_THREAD_CHECKPOINTS_SQL = "DELETE FROM checkpoints WHERE thread_id = ?"
 
 # Only for threads that use a DeltaChannel: which channels each checkpoint stores.
 DELTA_BODIES_SQL = """
@@ -120,17 +152,37 @@ Loads = Callable[[tuple[str, bytes]], Any]
 # -- programs: the decisions, shared by both drivers ------------------------------------
 
 
+def _tag_value_is_set(value: Any) -> bool:
+    """A metadata value pins a checkpoint when truthy (JSON arrays/objects arrive as text)."""
+    return bool(value) and value not in ("[]", "{}")
+
+
 def _prune_program(
     thread_ids: Sequence[str],
     policy: RetentionPolicy,
     dry_run: bool,
     now: datetime,
     loads: Loads,
+    explain: bool = False,
+    expire: Mapping[str, Expiry] | None = None,
 ) -> Program[list[ThreadResult]]:
-    """Read the batch's index, plan each thread, delete (unless dry run), report."""
+    """Read the batch's index, decide each thread, delete (unless dry run), report."""
     ids_json = json.dumps(list(thread_ids))
     rows = yield INDEX_SQL, (ids_json,)
-    sends = {(r[0], r[1], r[2]) for r in (yield SENDS_SQL, (ids_json,))}
+    sends: set[tuple[str, str, str]] = set()
+    interrupted: set[tuple[str, str, str]] = set()
+    for tid, ns, cid, channel in (yield SPECIAL_WRITES_SQL, (ids_json,)):
+        (sends if channel == TASKS else interrupted).add((tid, ns, cid))
+    write_bytes: dict[tuple[str, str, str], int] = {}
+    if policy.max_bytes is not None:
+        for tid, ns, cid, size in (yield WRITE_SIZES_SQL, (ids_json,)):
+            write_bytes[(tid, ns, cid)] = size or 0
+    tagged: set[tuple[str, str, str]] = set()
+    tag = policy.keep_tagged
+    if tag is not None:
+        for tid, ns, cid, value in (yield TAGS_SQL, (f"$.{json.dumps(tag)}", ids_json)):
+            if _tag_value_is_set(value):
+                tagged.add((tid, ns, cid))
     by_thread: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     for row in rows:
         by_thread[row[0]].append(row)
@@ -145,6 +197,8 @@ def _prune_program(
                 set(body.get("channel_values", {})),
             )
 
+    tag_set = frozenset({tag}) if tag is not None else frozenset()
+    expiries = expire or {}
     results: list[ThreadResult] = []
     for tid in thread_ids:
         trows = by_thread.get(tid, [])
@@ -161,6 +215,7 @@ def _prune_program(
             if names:
                 versioned, values = stored.get((tid, ns, cid), (set(), set()))
                 needs = delta_needs(names, versioned, values)
+            key = (tid, ns, cid)
             entries.append(
                 CheckpointEntry(
                     checkpoint_ns=ns,
@@ -171,25 +226,44 @@ def _prune_program(
                     # The format version sits inside the serialized body; assume it may
                     # predate v4 and keep the parent whenever it holds sends.
                     sends_parent=(tid, ns, parent) in sends,
+                    size=size + write_bytes.get(key, 0),
+                    tags=tag_set if key in tagged else frozenset(),
+                    interrupted=key in interrupted,
                 )
             )
         try:
-            plan = plan_thread(entries, policy, thread_id=tid, now=now)
+            plan, result = decide(
+                tid, entries, policy, now=now, explain=explain, expiry=expiries.get(tid)
+            )
         except RetentionError as exc:
             results.append(ThreadResult(tid, error=str(exc)))
             continue
-        result = ThreadResult(tid, kept_checkpoints=plan.kept_count)
+        if result.expired is not None:
+            ((n_writes, all_write_bytes),) = yield THREAD_WRITES_SIZE_SQL, (tid,)
+            result.deleted_checkpoints = len(entries)
+            result.deleted_writes = n_writes
+            result.bytes_freed = all_write_bytes + sum(sizes.values())
+            if not dry_run:
+                yield DELETE_THREAD_WRITES_SQL, (tid,)
+                yield DELETE_THREAD_CHECKPOINTS_SQL, (tid,)
+            results.append(result)
+            continue
         for ns, doomed in plan.delete.items():
             doomed_json = json.dumps(doomed)
-            ((n_writes, write_bytes),) = yield DOOMED_WRITES_SIZE_SQL, (tid, ns, doomed_json)
+            ((n_writes, doomed_write_bytes),) = yield DOOMED_WRITES_SIZE_SQL, (tid, ns, doomed_json)
             result.deleted_checkpoints += len(doomed)
             result.deleted_writes += n_writes
-            result.bytes_freed += write_bytes + sum(sizes[(ns, cid)] for cid in doomed)
+            result.bytes_freed += doomed_write_bytes + sum(sizes[(ns, cid)] for cid in doomed)
             if not dry_run:
                 yield DELETE_WRITES_SQL, (tid, ns, doomed_json)
                 yield DELETE_CHECKPOINTS_SQL, (tid, ns, doomed_json)
         results.append(result)
     return results
+
+
+def _spans_program(thread_ids: Sequence[str]) -> Program[dict[str, Span]]:
+    rows = yield SPANS_SQL, (json.dumps(list(thread_ids)),)
+    return {tid: (first, newest) for tid, first, newest in rows}
 
 
 def _stats_program(thread_ids: Sequence[str]) -> Program[list[tuple[str, ThreadStats]]]:
@@ -285,9 +359,13 @@ class SqliteBackend(Backend):
         explain: bool = False,
         expire: Mapping[str, Expiry] | None = None,
     ) -> list[ThreadResult]:
-        not_yet(explain, expire)
-        program = _prune_program(thread_ids, policy, dry_run, now, self.saver.serde.loads_typed)
+        program = _prune_program(
+            thread_ids, policy, dry_run, now, self.saver.serde.loads_typed, explain, expire
+        )
         return self._exec(program, write=not dry_run)
+
+    def thread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
+        return self._exec(_spans_program(thread_ids), write=False)
 
     def iter_thread_ids(self) -> Iterator[str]:
         after: str | None = None
@@ -341,9 +419,13 @@ class AsyncSqliteBackend(Backend):
         explain: bool = False,
         expire: Mapping[str, Expiry] | None = None,
     ) -> list[ThreadResult]:
-        not_yet(explain, expire)
-        program = _prune_program(thread_ids, policy, dry_run, now, self.saver.serde.loads_typed)
+        program = _prune_program(
+            thread_ids, policy, dry_run, now, self.saver.serde.loads_typed, explain, expire
+        )
         return await self._aexec(program, write=not dry_run)
+
+    async def athread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
+        return await self._aexec(_spans_program(thread_ids), write=False)
 
     async def _aiter(self) -> AsyncIterator[str]:
         after: str | None = None
