@@ -15,7 +15,7 @@ from langgraph_retention.rules import ThreadRules
 from .graphs import build_interrupt_graph, config, resume, user_turn
 
 #: Savers whose backends read every fact the richer rules need.
-KINDS = ["memory", "sqlite"]
+KINDS = ["memory", "sqlite", "postgres"]
 pytestmark = pytest.mark.parametrize("sync_saver", KINDS, indirect=True)
 LATER = datetime.now(UTC) + timedelta(days=40)
 

@@ -14,7 +14,7 @@ from langgraph_retention.demo import build_agent
 from .graphs import build_interrupt_graph, config, resume, user_turn
 
 #: Async savers whose backends read every fact the richer rules need.
-KINDS = ["memory", "async_sqlite"]
+KINDS = ["memory", "async_sqlite", "async_postgres"]
 pytestmark = pytest.mark.parametrize("async_saver", KINDS, indirect=True)
 LATER = datetime.now(UTC) + timedelta(days=40)
 

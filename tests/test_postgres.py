@@ -12,6 +12,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -590,3 +591,43 @@ def test_a_dropped_connection_is_a_clear_error(
 
     with pytest.raises(PostgresUnavailableError, match="unreachable"):
         prune_thread(postgres_saver, "t", RetentionPolicy(keep_last=1))
+
+
+def test_an_expired_thread_written_to_after_the_index_read_is_left_whole(
+    postgres_saver: PostgresSaver, postgres_url: str
+) -> None:
+    graph = build_agent(postgres_saver)
+    chat(graph, "t", 1)
+    seen_newest = scalar(postgres_url, "SELECT max(checkpoint_id) FROM checkpoints")
+    chat(graph, "t", 1)  # a run commits after the decision read `seen_newest`
+    before = scalar(postgres_url, "SELECT count(*) FROM checkpoints")
+
+    gone = sql(
+        postgres_url,
+        pg_backend.DELETE_THREADS_SQL,
+        {"expired_threads": "{t}", "expired_newest": "{" + seen_newest + "}"},
+    )
+
+    assert gone == []
+    assert scalar(postgres_url, "SELECT count(*) FROM checkpoints") == before == 10
+    assert len(graph.get_state(config("t")).values["messages"]) == 8
+
+
+def test_an_expired_thread_deleted_whole_leaves_no_rows_in_any_table(
+    postgres_saver: PostgresSaver, postgres_url: str
+) -> None:
+    graph = build_agent(postgres_saver)
+    chat(graph, "old", 2)
+    chat(graph, "new", 1)
+
+    report = sweep(
+        postgres_saver,
+        RetentionPolicy(idle_ttl=timedelta(days=1)),
+        thread_ids=["old"],
+        now=datetime.now(UTC) + timedelta(days=2),
+    )
+
+    assert report.deleted_threads == 1 and report.deleted_blobs > 0
+    for table in ("checkpoints", "checkpoint_writes", "checkpoint_blobs"):
+        assert scalar(postgres_url, f"SELECT count(*) FROM {table} WHERE thread_id = 'old'") == 0
+        assert scalar(postgres_url, f"SELECT count(*) FROM {table} WHERE thread_id = 'new'") > 0

@@ -30,6 +30,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from types import MappingProxyType
@@ -38,7 +39,7 @@ from typing import Any, TypeVar
 import psycopg
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from langgraph.checkpoint.serde.types import TASKS
+from langgraph.checkpoint.serde.types import INTERRUPT, TASKS
 from psycopg import AsyncConnection, AsyncCursor, Connection, Cursor
 from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
@@ -50,11 +51,10 @@ from langgraph_retention.policy import (
     RetentionPolicy,
     checkpoint_time,
     delta_needs,
-    plan_thread,
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from ..base import Backend, gc_paused, not_yet
+from ..base import Backend, Span, decide, gc_paused
 from .connection import server_name
 from .lock import PostgresSweepLock
 from .schema import missing_relation, missing_tables_program, not_ready
@@ -124,6 +124,64 @@ WHERE c.thread_id = ANY(%(threads)s::text[])
 GROUP BY c.thread_id, c.checkpoint_ns, c.checkpoint_id
 """
 
+# -- the facts richer rules need, read only when the policy asks for them -------------
+
+# `keep_interrupted`: checkpoints with a pending interrupt write (the graph asked a human).
+INTERRUPTS_SQL = f"""
+SELECT DISTINCT thread_id, checkpoint_ns, checkpoint_id FROM checkpoint_writes
+WHERE thread_id = ANY(%(threads)s::text[]) AND channel = '{INTERRUPT}'
+"""
+
+# `keep_tagged`: checkpoints whose metadata sets the key to anything but a falsy JSON value.
+TAGGED_SQL = """
+SELECT thread_id, checkpoint_ns, checkpoint_id FROM checkpoints
+WHERE thread_id = ANY(%(threads)s::text[]) AND metadata ? %(tag)s
+  AND metadata -> %(tag)s NOT IN ('null', 'false', '0', '""', '[]', '{}')
+"""
+
+# `max_bytes`: each checkpoint's on-disk bytes: its row, its writes, and the blobs it is
+# the newest checkpoint to reference (deleting it and everything older frees them).
+SIZES_SQL = """
+WITH refs AS (
+    SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, v.value AS version,
+           max(c.checkpoint_id) AS checkpoint_id
+    FROM checkpoints c
+    CROSS JOIN LATERAL jsonb_each_text(c.checkpoint -> 'channel_versions') AS v
+    WHERE c.thread_id = ANY(%(threads)s::text[])
+      AND c.checkpoint -> 'channel_versions' ? v.key
+    GROUP BY 1, 2, 3, 4
+)
+SELECT thread_id, checkpoint_ns, checkpoint_id,
+       pg_column_size(checkpoint) + pg_column_size(metadata)
+FROM checkpoints WHERE thread_id = ANY(%(threads)s::text[])
+UNION ALL
+SELECT thread_id, checkpoint_ns, checkpoint_id, sum(pg_column_size(blob))
+FROM checkpoint_writes WHERE thread_id = ANY(%(threads)s::text[])
+GROUP BY 1, 2, 3
+UNION ALL
+SELECT r.thread_id, r.checkpoint_ns, r.checkpoint_id, sum(coalesce(pg_column_size(b.blob), 0))
+FROM refs r JOIN checkpoint_blobs b
+  ON b.thread_id = r.thread_id AND b.checkpoint_ns = r.checkpoint_ns
+ AND b.channel = r.channel AND b.version = r.version
+GROUP BY 1, 2, 3
+"""
+
+# Thread expiry: each thread's oldest and newest checkpoint over every namespace.
+SPANS_SQL = """
+SELECT thread_id, min(checkpoint_id), max(checkpoint_id) FROM checkpoints
+WHERE thread_id = ANY(%(threads)s::text[]) GROUP BY thread_id
+"""
+
+# Expired threads whose newest checkpoint is still the one the decision saw, checked by
+# the deleting statement itself: a thread a run wrote to since then is left whole.
+_EXPIRED_CTE = """
+expired AS MATERIALIZED (
+    SELECT e.thread_id FROM unnest(%(expired_threads)s::text[], %(expired_newest)s::text[])
+         AS e(thread_id, newest)
+    WHERE NOT EXISTS (SELECT 1 FROM checkpoints c
+                      WHERE c.thread_id = e.thread_id AND c.checkpoint_id > e.newest)
+)"""
+
 _DOOMED_CTE = """
 doomed AS MATERIALIZED (
     SELECT * FROM unnest(%(doomed_threads)s::text[], %(doomed_ns)s::text[],
@@ -162,6 +220,45 @@ def _totals(kind: str, rows: str) -> str:
     )
 
 
+_ALL_TOTALS = "\nUNION ALL\n".join(
+    _totals(kind, rows)
+    for kind, rows in (("checkpoints", "gone"), ("writes", "gone_writes"), ("blobs", "gone_blobs"))
+)
+
+DELETE_THREADS_SQL = f"""
+WITH {_EXPIRED_CTE},
+gone AS (
+    DELETE FROM checkpoints c USING expired e WHERE c.thread_id = e.thread_id
+    RETURNING c.thread_id, {_CHECKPOINT_SIZE} AS size
+),
+gone_writes AS (
+    DELETE FROM checkpoint_writes w USING expired e WHERE w.thread_id = e.thread_id
+    RETURNING w.thread_id, pg_column_size(w.blob) AS size
+),
+gone_blobs AS (
+    DELETE FROM checkpoint_blobs b USING expired e WHERE b.thread_id = e.thread_id
+    RETURNING b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
+)
+{_ALL_TOTALS}
+"""
+
+DRY_RUN_THREADS_SQL = f"""
+WITH {_EXPIRED_CTE},
+gone AS (
+    SELECT c.thread_id, {_CHECKPOINT_SIZE} AS size
+    FROM checkpoints c JOIN expired e USING (thread_id)
+),
+gone_writes AS (
+    SELECT w.thread_id, pg_column_size(w.blob) AS size
+    FROM checkpoint_writes w JOIN expired e USING (thread_id)
+),
+gone_blobs AS (
+    SELECT b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
+    FROM checkpoint_blobs b JOIN expired e USING (thread_id)
+)
+{_ALL_TOTALS}
+"""
+
 _BLOBS_OF_THREADS = "b.thread_id = ANY(%(threads)s::text[])"
 _UNREFERENCED = f"NOT EXISTS (SELECT 1 FROM live l WHERE {_matches('l', 'b', _BLOB_KEY)})"
 
@@ -172,12 +269,12 @@ DELETE_CHECKPOINTS_SQL = f"""
 WITH {_DOOMED_CTE},
 gone AS (
     DELETE FROM checkpoints c USING doomed d
-    WHERE {_matches("d", "c", _CHECKPOINT_KEY)}
+    WHERE c.thread_id = ANY(%(threads)s::text[]) AND {_matches("d", "c", _CHECKPOINT_KEY)}
     RETURNING c.thread_id, {_CHECKPOINT_SIZE} AS size
 ),
 gone_writes AS (
     DELETE FROM checkpoint_writes w USING doomed d
-    WHERE {_matches("d", "w", _CHECKPOINT_KEY)}
+    WHERE w.thread_id = ANY(%(threads)s::text[]) AND {_matches("d", "w", _CHECKPOINT_KEY)}
     RETURNING w.thread_id, pg_column_size(w.blob) AS size
 )
 {_totals("checkpoints", "gone")}
@@ -274,6 +371,7 @@ Rows = list[tuple[Any, ...]]
 Statement = tuple[str, Mapping[str, Any], bool]
 Program = Generator[Statement, Rows, R]
 DeltaFacts = Mapping[tuple[str, str, str], tuple[list[str], list[str]]]
+Key = tuple[str, str, str]
 
 _NO_NEEDS: frozenset[str] = frozenset()
 _NO_PARENTS: Mapping[str, str] = MappingProxyType({})
@@ -291,37 +389,80 @@ def _text_array(values: Sequence[str]) -> str:
 # -- programs: the decisions, shared by both drivers ------------------------------------
 
 
-def _entries(rows: Rows, delta: DeltaFacts | None) -> dict[str, list[CheckpointEntry]]:
+@dataclass
+class _Facts:
+    """What the richer rules read besides the index (empty when the policy needs none)."""
+
+    tag: str | None = None
+    tagged: set[Key] = field(default_factory=set)
+    interrupted: set[Key] = field(default_factory=set)
+    sizes: dict[Key, int] = field(default_factory=dict)
+
+
+def _facts_program(threads: str, policy: RetentionPolicy) -> Program[_Facts]:
+    """Read sizes, tags and interrupts for the batch, each only if the policy uses it."""
+    facts = _Facts(tag=policy.keep_tagged)
+    if policy.keep_interrupted:
+        rows = yield INTERRUPTS_SQL, {"threads": threads}, True
+        facts.interrupted = {(r[0], r[1], r[2]) for r in rows}
+    if policy.keep_tagged is not None:
+        rows = yield TAGGED_SQL, {"threads": threads, "tag": policy.keep_tagged}, True
+        facts.tagged = {(r[0], r[1], r[2]) for r in rows}
+    if policy.max_bytes is not None:
+        sizes: dict[Key, int] = defaultdict(int)
+        for tid, ns, cid, size in (yield SIZES_SQL, {"threads": threads}, True):
+            sizes[(tid, ns, cid)] += int(size or 0)
+        facts.sizes = sizes
+    return facts
+
+
+def _entries(
+    rows: Rows, delta: DeltaFacts | None, facts: _Facts
+) -> dict[str, list[CheckpointEntry]]:
     """Each thread's index (INDEX_SQL rows) as `CheckpointEntry`s, DeltaChannel needs
     resolved from DELTA_SQL's facts (None: no thread of the batch uses a DeltaChannel)."""
     names_by_ns: dict[tuple[str, str], set[str]] = {}
-    facts = delta if delta is not None else {}
+    found = delta if delta is not None else {}
     if delta is not None:
         for tid, ns, _cid, _parent, _parents, names, _sends in rows:
             if names:
                 names_by_ns.setdefault((tid, ns), set()).update(names)
+    tags = frozenset({facts.tag}) if facts.tag is not None else frozenset()
+    rich = bool(facts.tagged or facts.interrupted or facts.sizes)
     by_thread: dict[str, list[CheckpointEntry]] = defaultdict(list)
     for tid, ns, cid, parent, parents, _names, sends in rows:
         needs = _NO_NEEDS
         if names_by_ns and (channels := names_by_ns.get((tid, ns))):
             # Gone since the index was read (a concurrent prune): take it as needing
             # every channel, which can only keep more.
-            versioned, stored = facts.get((tid, ns, cid), (list(channels), []))
+            versioned, stored = found.get((tid, ns, cid), (list(channels), []))
             needs = delta_needs(channels, versioned, stored)
-        by_thread[tid].append(
-            CheckpointEntry(ns, cid, parent, parents or _NO_PARENTS, needs, sends)
-        )
+        entry = CheckpointEntry(ns, cid, parent, parents or _NO_PARENTS, needs, sends)
+        if rich:
+            key = (tid, ns, cid)
+            entry = entry._replace(
+                size=facts.sizes.get(key, 0),
+                tags=tags if key in facts.tagged else frozenset(),
+                interrupted=key in facts.interrupted,
+            )
+        by_thread[tid].append(entry)
     return by_thread
 
 
 def _prune_program(
-    thread_ids: Sequence[str], policy: RetentionPolicy, dry_run: bool, now: datetime
+    thread_ids: Sequence[str],
+    policy: RetentionPolicy,
+    dry_run: bool,
+    now: datetime,
+    explain: bool = False,
+    expire: Mapping[str, Expiry] | None = None,
 ) -> Program[list[ThreadResult]]:
-    """Read the batch's index, plan each thread, delete (or count, in a dry run), report."""
+    """Read the batch's index, decide each thread, delete (or count, in a dry run), report."""
     threads = list(thread_ids)
     yield ISOLATION_SQL, {}, False
     yield SETTINGS_SQL, {}, False
-    rows = yield INDEX_SQL, {"threads": _text_array(threads)}, True
+    threads_param = _text_array(threads)
+    rows = yield INDEX_SQL, {"threads": threads_param}, True
 
     delta: dict[tuple[str, str, str], tuple[list[str], list[str]]] | None = None
     if channels := sorted({name for r in rows if r[5] for name in r[5]}):
@@ -332,23 +473,34 @@ def _prune_program(
         }
         for tid, ns, cid, versioned, stored in (yield DELTA_SQL, params, True):
             delta[(tid, ns, cid)] = (versioned, stored)
+    facts = yield from _facts_program(threads_param, policy)
 
     results: dict[str, ThreadResult] = {}
     doomed: tuple[list[str], list[str], list[str]] = ([], [], [])
-    by_thread = _entries(rows, delta)
+    expired: tuple[list[str], list[str]] = ([], [])
+    by_thread = _entries(rows, delta, facts)
+    expiries = expire or {}
     for tid in threads:
+        expiry = expiries.get(tid)
         try:
-            plan = plan_thread(by_thread.get(tid, ()), policy, thread_id=tid, now=now)
+            plan, result = decide(
+                tid, by_thread.get(tid, ()), policy, now=now, explain=explain, expiry=expiry
+            )
         except RetentionError as exc:
             results[tid] = ThreadResult(tid, error=str(exc))
             continue
-        results[tid] = ThreadResult(tid, kept_checkpoints=plan.kept_count)
+        results[tid] = result
+        if result.expired is not None and expiry is not None:
+            expired[0].append(tid)
+            expired[1].append(expiry.newest_id)
+            continue
         for ns, ids in plan.delete.items():
             doomed[0].extend([tid] * len(ids))
             doomed[1].extend([ns] * len(ids))
             doomed[2].extend(ids)
-    del rows, by_thread, delta  # decided: let them go before the next round trip
+    del rows, by_thread, delta, facts  # decided: let them go before the next round trip
 
+    totals: Rows = []
     if doomed[2]:
         params = {
             "threads": _text_array(sorted(set(doomed[0]))),
@@ -357,20 +509,48 @@ def _prune_program(
             "doomed_ids": _text_array(doomed[2]),
         }
         if dry_run:
-            totals = yield DRY_RUN_SQL, params, True
+            totals += yield DRY_RUN_SQL, params, True
         else:
-            totals = yield DELETE_CHECKPOINTS_SQL, params, True
+            totals += yield DELETE_CHECKPOINTS_SQL, params, True
             totals += yield DELETE_BLOBS_SQL, {"threads": params["threads"]}, True
-        for kind, tid, n, size in totals:
-            result = results[tid]
-            result.bytes_freed += int(size)
-            if kind == "checkpoints":
-                result.deleted_checkpoints = int(n)
-            elif kind == "writes":
-                result.deleted_writes = int(n)
-            else:
-                result.deleted_blobs = int(n)
+    if expired[0]:
+        params = {
+            "expired_threads": _text_array(expired[0]),
+            "expired_newest": _text_array(expired[1]),
+        }
+        gone = yield (DRY_RUN_THREADS_SQL if dry_run else DELETE_THREADS_SQL), params, True
+        _written_since(results, expired[0], gone)
+        totals += gone
+    for kind, tid, n, size in totals:
+        result = results[tid]
+        result.bytes_freed += int(size)
+        if kind == "checkpoints":
+            result.deleted_checkpoints = int(n)
+        elif kind == "writes":
+            result.deleted_writes = int(n)
+        else:
+            result.deleted_blobs = int(n)
     return [results[tid] for tid in threads]
+
+
+def _written_since(results: Mapping[str, ThreadResult], expired: Sequence[str], gone: Rows) -> None:
+    """Expired threads the deleting statement left whole (a run wrote a newer checkpoint
+    since the decision): not expired after all, nothing deleted."""
+    deleted = {row[1] for row in gone if row[0] == "checkpoints"}
+    for tid in expired:
+        if tid not in deleted:
+            result = results[tid]
+            result.expired = None
+            result.kept_checkpoints = 0
+            result.decisions = None
+            result.warnings.append(
+                f"thread {tid!r} was written to since it expired; it was left whole"
+            )
+
+
+def _spans_program(thread_ids: Sequence[str]) -> Program[dict[str, Span]]:
+    rows = yield SPANS_SQL, {"threads": _text_array(thread_ids)}, True
+    return {tid: (first, newest) for tid, first, newest in rows}
 
 
 def _stats_program(thread_ids: Sequence[str]) -> Program[list[tuple[str, ThreadStats]]]:
@@ -516,8 +696,12 @@ class PostgresBackend(Backend):
         explain: bool = False,
         expire: Mapping[str, Expiry] | None = None,
     ) -> list[ThreadResult]:
-        not_yet(explain, expire)
-        return self._exec(lambda: _prune_program(thread_ids, policy, dry_run, now), write=True)
+        return self._exec(
+            lambda: _prune_program(thread_ids, policy, dry_run, now, explain, expire), write=True
+        )
+
+    def thread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
+        return self._exec(lambda: _spans_program(thread_ids), write=False)
 
     def iter_thread_ids(self) -> Iterator[str]:
         after: str | None = None
@@ -597,10 +781,12 @@ class AsyncPostgresBackend(Backend):
         explain: bool = False,
         expire: Mapping[str, Expiry] | None = None,
     ) -> list[ThreadResult]:
-        not_yet(explain, expire)
         return await self._aexec(
-            lambda: _prune_program(thread_ids, policy, dry_run, now), write=True
+            lambda: _prune_program(thread_ids, policy, dry_run, now, explain, expire), write=True
         )
+
+    async def athread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
+        return await self._aexec(lambda: _spans_program(thread_ids), write=False)
 
     async def _aiter(self) -> AsyncIterator[str]:
         after: str | None = None
