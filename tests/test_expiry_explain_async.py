@@ -12,9 +12,10 @@ from langgraph_retention import RetentionPolicy, aprune_thread, astats, asweep
 from langgraph_retention.demo import build_agent
 
 from .graphs import build_interrupt_graph, config, resume, user_turn
+from .test_expiry_explain import skip_if_config_metadata_is_dropped
 
 #: Async savers whose backends read every fact the richer rules need.
-KINDS = ["memory", "async_sqlite", "async_postgres"]
+KINDS = ["memory", "async_sqlite", "async_postgres", "async_redis"]
 pytestmark = pytest.mark.parametrize("async_saver", KINDS, indirect=True)
 LATER = datetime.now(UTC) + timedelta(days=40)
 
@@ -72,6 +73,7 @@ async def test_a_coroutine_hook_can_veto_an_expiry(async_saver: Any) -> None:
 
 
 async def test_explain_gives_the_same_reasons_as_the_policy(async_saver: Any) -> None:
+    skip_if_config_metadata_is_dropped(async_saver)
     graph = build_agent(async_saver)
     await achat(graph, "t", 1, pin=True)
     await achat(graph, "t", 2)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypedDict
 import pytest
 import redis
 from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.base import create_checkpoint
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.redis import RedisSaver
 from langgraph.graph import END, START, StateGraph
@@ -28,6 +29,7 @@ from langgraph_retention import (
     sweep,
 )
 from langgraph_retention.backends import resolve_backend
+from langgraph_retention.backends.redis import backend as redis_backend
 from langgraph_retention.backends.redis.backend import IDS_PER_QUERY, RedisUnavailableError
 from langgraph_retention.demo import SEED_THREAD_ID, chat
 
@@ -439,3 +441,56 @@ def test_missing_search_indexes_say_to_call_setup(
 
     with pytest.raises(RetentionError, match=r"setup\(\)"):
         prune_thread(redis_saver, "t", RetentionPolicy(keep_last=1))
+
+
+def test_redis_saver_does_not_store_config_metadata_upstream(redis_saver: RedisSaver) -> None:
+    """Pins an upstream gap: `config["metadata"]` (how apps tag runs elsewhere) never
+    reaches RedisSaver's checkpoints, so `keep_tagged` sees only metadata put directly.
+    When this fails, upstream stores it: drop `skip_if_config_metadata_is_dropped`."""
+    graph = build_agent(redis_saver)
+    graph.invoke({"messages": [HumanMessage("hi")]}, {**config("t"), "metadata": {"pin": True}})
+
+    assert all("pin" not in t.metadata for t in redis_saver.list(config("t")))
+
+
+def test_checkpoints_tagged_in_their_metadata_stay_pinned(redis_saver: RedisSaver) -> None:
+    graph = build_agent(redis_saver)
+    graph.invoke({"messages": [HumanMessage("one")]}, config("t"))
+    head = redis_saver.get_tuple(config("t"))
+    assert head is not None
+    pinned = create_checkpoint(head.checkpoint, None, 99)
+    redis_saver.put(head.config, pinned, {"source": "update", "step": 99, "pin": True}, {})
+    graph.invoke({"messages": [HumanMessage("two")]}, config("t"))
+
+    report = prune_thread(
+        redis_saver, "t", RetentionPolicy(keep_last=1, keep_tagged="pin"), explain=True
+    )
+
+    kept = [d for d in report.decisions["t"] if d.kept]
+    assert [d.reasons for d in kept] == [("last 1/1", "newest"), ("tagged pin",)]
+    assert kept[1].checkpoint_id == pinned["id"]
+    assert (
+        redis_saver.get_tuple(
+            {"configurable": {**config("t")["configurable"], "checkpoint_id": pinned["id"]}}
+        )
+        is not None
+    )
+
+
+def test_the_delete_script_leaves_a_thread_whose_pointer_moved_whole(
+    redis_saver: RedisSaver,
+) -> None:
+    graph = build_agent(redis_saver)
+    graph.invoke({"messages": [HumanMessage("one")]}, config("t"))
+    client = redis_saver._redis
+    keys = sorted(k.decode() for k in client.keys("checkpoint:t:*"))
+    pointer = next(k.decode() for k in client.keys("checkpoint_latest:t:*"))
+    seen_newest = client.get(pointer).decode()
+    graph.invoke({"messages": [HumanMessage("two")]}, config("t"))  # the pointer moves on
+
+    reply = client.eval(
+        redis_backend.SIZE_AND_DELETE_LUA, len(keys), *keys, "1", "1", pointer, seen_newest
+    )
+
+    assert reply == -1 and all(client.exists(k) for k in keys)
+    assert len(graph.get_state(config("t")).values["messages"]) == 8

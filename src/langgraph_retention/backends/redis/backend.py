@@ -36,7 +36,7 @@ from langgraph.checkpoint.redis.util import (
     from_storage_safe_str,
     to_storage_safe_id,
 )
-from langgraph.checkpoint.serde.types import TASKS
+from langgraph.checkpoint.serde.types import INTERRUPT, TASKS
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -47,11 +47,10 @@ from langgraph_retention.policy import (
     RetentionPolicy,
     checkpoint_time,
     delta_needs,
-    plan_thread,
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from ..base import Backend, gc_paused, not_yet
+from ..base import Backend, Span, decide, gc_paused
 from .lock import RedisSweepLock, lock_key
 from .schema import indexes_program, not_ready
 
@@ -115,12 +114,27 @@ STATS_STEPS = (
     "REDUCE", "FIRST_VALUE", 4, "@checkpoint_id", "BY", "@checkpoint_id", "DESC", "AS", "newest",
 )  # fmt: skip
 
-#: Sizes KEYS (MEMORY USAGE, before anything goes) and returns the sum; with ARGV[1] == '1'
+#: Per thread: its oldest and newest checkpoint id (thread expiry).
+SPANS_LOAD = ("@thread_id", "@checkpoint_id")
+SPANS_STEPS = (
+    "GROUPBY", 1, "@thread_id",
+    "REDUCE", "FIRST_VALUE", 4, "@checkpoint_id", "BY", "@checkpoint_id", "ASC", "AS", "first",
+    "REDUCE", "FIRST_VALUE", 4, "@checkpoint_id", "BY", "@checkpoint_id", "DESC", "AS", "newest",
+)  # fmt: skip
+
+#: Returns -1 and touches nothing unless each of ARGV[2]'s guard pairs (pointer, key)
+#: holds: an expired thread goes only while every `checkpoint_latest` pointer still names
+#: the checkpoint the decision saw as newest (a run that wrote since keeps its thread).
+#: Then sizes KEYS (MEMORY USAGE, before anything goes) and returns the sum; with ARGV[1] == '1'
 #: also UNLINKs them, then repairs each `checkpoint_latest` pointer given as an ARGV pair
 #: (pointer, key of the namespace's newest kept checkpoint or '' when the namespace went):
 #: only a pointer whose target no longer exists is touched, re-pointed with KEEPTTL (its
 #: TTL stays) or deleted; one a concurrent put moved to a live key is left alone.
 SIZE_AND_DELETE_LUA = """
+local guards = tonumber(ARGV[2])
+for i = 3, 2 + 2 * guards, 2 do
+  if redis.call('GET', ARGV[i]) ~= ARGV[i + 1] then return -1 end
+end
 local bytes = 0
 for i = 1, #KEYS do
   local size = redis.call('MEMORY', 'USAGE', KEYS[i])
@@ -130,7 +144,7 @@ if ARGV[1] == '1' then
   for i = 1, #KEYS, 500 do
     redis.call('UNLINK', unpack(KEYS, i, math.min(i + 499, #KEYS)))
   end
-  for i = 2, #ARGV, 2 do
+  for i = 3 + 2 * guards, #ARGV, 2 do
     local target = redis.call('GET', ARGV[i])
     if target and redis.call('EXISTS', target) == 0 then
       if ARGV[i + 1] == '' then
@@ -199,6 +213,7 @@ class _Thread:
     writes_known: bool = False
     writes: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
     sends_at: set[tuple[str, str]] = field(default_factory=set)
+    interrupted_at: set[tuple[str, str]] = field(default_factory=set)
 
 
 # -- reply parsing (RESP2 lists and RESP3 maps, bytes or str) ---------------------------
@@ -414,9 +429,12 @@ def _detailed_doc(row: Row) -> _Doc:
 # -- programs: the decisions, shared by both drivers ------------------------------------
 
 
-def _read_overview(layout: _Layout, thread_ids: Sequence[str]) -> Program[dict[str, _Thread]]:
+def _read_overview(
+    layout: _Layout, thread_ids: Sequence[str], detailed: bool = False
+) -> Program[dict[str, _Thread]]:
     """Each thread's checkpoints and writes from their keys (one round trip), and which
-    threads need the field-by-field read instead."""
+    threads need the field-by-field read instead (all of them with `detailed`: metadata
+    tags and interrupts are read there)."""
     cp_cmds = _aggregates(layout.checkpoint_index, thread_ids, OVERVIEW_LOAD, OVERVIEW_STEPS)
     wr_cmds = _aggregates(layout.write_index, thread_ids, KEYS_LOAD, KEYS_STEPS)
     sends_cmds = _aggregates(
@@ -436,7 +454,9 @@ def _read_overview(layout: _Layout, thread_ids: Sequence[str]) -> Program[dict[s
                 continue
             thread = _Thread(stored_id=row["thread_id"])
             docs = _docs_from_keys(layout, thread.stored_id, _keys(row))
-            thread.detailed = docs is None or tid in with_sends or _version(row.get("delta")) != 0
+            thread.detailed = (
+                detailed or docs is None or tid in with_sends or _version(row.get("delta")) != 0
+            )
             thread.docs = docs or []
             thread.writes_known = not thread.detailed
             threads[tid] = thread
@@ -476,6 +496,8 @@ def _read_details(layout: _Layout, threads: dict[str, _Thread]) -> Program[None]
             threads[owner].writes[at].append(row["__key"])
             if row.get("channel") == TASKS:
                 threads[owner].sends_at.add(at)
+            elif row.get("channel") == INTERRUPT:
+                threads[owner].interrupted_at.add(at)
 
 
 def _delta_names(docs: Sequence[_Doc]) -> dict[str, set[str]]:
@@ -518,8 +540,11 @@ def _entries(
     thread: _Thread,
     names: dict[str, set[str]],
     channels: dict[str, tuple[set[str], set[str]]],
+    tag: str | None = None,
+    sizes: Mapping[str, int] | None = None,
 ) -> list[CheckpointEntry]:
     entries = []
+    tags = frozenset({tag}) if tag is not None else frozenset()
     for d in thread.docs:
         ns_names = names.get(d.ns)
         needs: frozenset[str] = frozenset()
@@ -545,9 +570,45 @@ def _entries(
                 parents=parents if isinstance(parents, dict) else {},
                 delta_needs=needs,
                 sends_parent=old_format and (d.ns, d.parent or "") in thread.sends_at,
+                size=sizes.get(d.key, 0) if sizes else 0,
+                tags=tags if tag is not None and d.metadata.get(tag) else frozenset(),
+                interrupted=(d.ns, d.cid) in thread.interrupted_at,
             )
         )
     return entries
+
+
+def _read_sizes(layout: _Layout, threads: Mapping[str, _Thread]) -> Program[dict[str, int]]:
+    """`max_bytes` only: each checkpoint's bytes (MEMORY USAGE of its document, its write
+    registry and its writes; channel values live inside the checkpoint document)."""
+    owners: list[str] = []
+    commands: list[Command] = []
+    for thread in threads.values():
+        for d in thread.docs:
+            for key in (d.key, layout.registry_key(d.key), *thread.writes.get((d.ns, d.cid), [])):
+                owners.append(d.key)
+                commands.append(("MEMORY", "USAGE", key))
+    sizes: dict[str, int] = defaultdict(int)
+    if commands:
+        for owner, size in zip(owners, (yield commands), strict=True):
+            sizes[owner] += int(size or 0)
+    return sizes
+
+
+def _spans_program(layout: _Layout, thread_ids: Sequence[str]) -> Program[dict[str, Span]]:
+    """Each thread's oldest and newest checkpoint id, from the checkpoint index."""
+    rows_list = yield from _read_all(
+        _aggregates(layout.checkpoint_index, thread_ids, SPANS_LOAD, SPANS_STEPS)
+    )
+    wanted = set(thread_ids)
+    spans: dict[str, Span] = {}
+    for rows in rows_list:
+        for row in rows:
+            tid = _thread_of(row, wanted)
+            first, newest = row.get("first"), row.get("newest")
+            if tid is not None and isinstance(first, str) and isinstance(newest, str):
+                spans[tid] = (from_storage_safe_id(first), from_storage_safe_id(newest))
+    return spans
 
 
 def _read_doomed_writes(
@@ -571,20 +632,50 @@ def _read_doomed_writes(
 
 
 def _size_calls(
-    jobs: Sequence[tuple[list[str], list[str]]], delete: bool
+    jobs: Sequence[tuple[list[str], list[str]]],
+    delete: bool,
+    guards: Mapping[int, list[str]] | None = None,
 ) -> tuple[list[Command], list[int]]:
     """Lua calls sizing (and deleting) each job's keys, at most `LUA_KEYS` per call; the
-    pointer repairs ride on a job's last call. Returns the calls and each call's job."""
+    pointer repairs ride on a job's last call, a job's `guards` (pointer, expected key
+    pairs) on every call. Returns the calls and each call's job."""
     calls: list[Command] = []
     owner: list[int] = []
     for job, (keys, pointer_args) in enumerate(jobs):
         starts = list(range(0, len(keys), LUA_KEYS)) or [0]
+        guard = (guards or {}).get(job, [])
         for start in starts:
             chunk = keys[start : start + LUA_KEYS]
-            argv = ["1" if delete else "0"] + (pointer_args if start == starts[-1] else [])
+            argv = ["1" if delete else "0", str(len(guard) // 2), *guard]
+            argv += pointer_args if start == starts[-1] else []
             calls.append(("EVALSHA", SIZE_AND_DELETE_SHA, len(chunk), *chunk, *argv))
             owner.append(job)
     return [("SCRIPT", "LOAD", SIZE_AND_DELETE_LUA), *calls], owner
+
+
+def _newest_keys(docs: Sequence[_Doc]) -> dict[str, _Doc]:
+    """Each namespace's newest checkpoint (by stored namespace)."""
+    newest: dict[str, _Doc] = {}
+    for d in docs:
+        if d.stored_ns not in newest or d.cid > newest[d.stored_ns].cid:
+            newest[d.stored_ns] = d
+    return newest
+
+
+def _read_guards(layout: _Layout, threads: Mapping[str, _Thread]) -> Program[dict[str, list[str]]]:
+    """Per expiring thread, (pointer, newest key) pairs for each namespace whose
+    `checkpoint_latest` pointer exists: the deleting script re-checks them."""
+    asks: list[tuple[str, str, str]] = []
+    for tid, thread in threads.items():
+        for stored_ns, doc in _newest_keys(thread.docs).items():
+            asks.append((tid, layout.latest_key(thread.stored_id, stored_ns), doc.key))
+    guards: dict[str, list[str]] = {tid: [] for tid in threads}
+    if asks:
+        replies = yield [("GET", pointer) for _tid, pointer, _key in asks]
+        for (tid, pointer, key), found in zip(asks, replies, strict=True):
+            if found is not None:
+                guards[tid] += [pointer, key]
+    return guards
 
 
 def _prune_program(
@@ -593,28 +684,38 @@ def _prune_program(
     policy: RetentionPolicy,
     dry_run: bool,
     now: datetime,
+    explain: bool = False,
+    expire: Mapping[str, Expiry] | None = None,
 ) -> Program[list[ThreadResult]]:
-    """Read the batch's index, plan each thread, size and delete (unless dry run), report."""
-    threads = yield from _read_overview(layout, thread_ids)
+    """Read the batch's index, decide each thread, size and delete (unless dry run), report."""
+    needs_facts = policy.keep_tagged is not None or policy.keep_interrupted
+    threads = yield from _read_overview(
+        layout, thread_ids, detailed=needs_facts or policy.max_bytes is not None
+    )
     yield from _read_details(layout, threads)
     names_by_thread, channels = yield from _read_stored_channels(threads)
+    sizes = (yield from _read_sizes(layout, threads)) if policy.max_bytes is not None else None
 
     results: list[ThreadResult] = []
     doomed_by_thread: dict[str, list[_Doc]] = {}
     pointers: dict[str, list[str]] = {}
+    expiring: dict[str, _Thread] = {}
+    expiries = expire or {}
     for tid in thread_ids:
         thread = threads.get(tid) or _Thread(stored_id=to_storage_safe_id(tid))
         try:
-            plan = plan_thread(
-                _entries(thread, names_by_thread.get(tid, {}), channels),
-                policy,
-                thread_id=tid,
-                now=now,
+            entries = _entries(
+                thread, names_by_thread.get(tid, {}), channels, policy.keep_tagged, sizes
+            )
+            plan, result = decide(
+                tid, entries, policy, now=now, explain=explain, expiry=expiries.get(tid)
             )
         except RetentionError as exc:
             results.append(ThreadResult(tid, error=str(exc)))
             continue
-        results.append(ThreadResult(tid, kept_checkpoints=plan.kept_count))
+        results.append(result)
+        if result.expired is not None:
+            expiring[tid] = thread
         if not plan.delete:
             continue
         by_id = {(d.ns, d.cid): d for d in thread.docs}
@@ -628,6 +729,7 @@ def _prune_program(
                 by_id[(ns, kept[0])].key if kept else "",
             ]
         pointers[tid] = pointer_args
+    guards = yield from _read_guards(layout, expiring)
 
     unknown = {
         tid: [d.cid for d in docs]
@@ -639,6 +741,7 @@ def _prune_program(
     slots = {r.thread_id: r for r in results}
     jobs: list[tuple[list[str], list[str]]] = []
     job_results: list[ThreadResult] = []
+    job_guards: dict[int, list[str]] = {}
     for tid, docs in doomed_by_thread.items():
         thread = threads[tid]
         if tid in unknown:
@@ -649,15 +752,41 @@ def _prune_program(
         result.deleted_checkpoints = len(docs)
         result.deleted_writes = len(write_keys)
         keys = [k for d in docs for k in (d.key, layout.registry_key(d.key))] + write_keys
+        if tid in guards:
+            job_guards[len(jobs)] = guards[tid]
         jobs.append((keys, pointers[tid]))
         job_results.append(result)
     if not jobs:
         return results
-    calls, owner = _size_calls(jobs, delete=not dry_run)
+    calls, owner = _size_calls(jobs, delete=not dry_run, guards=job_guards)
     replies = yield calls
-    for job, size in zip(owner, replies[1:], strict=True):
-        job_results[job].bytes_freed += int(size or 0)
+    first_refused: dict[int, bool] = {}  # job -> its first call found a guard broken
+    refused: set[int] = set()
+    for job, reply in zip(owner, replies[1:], strict=True):
+        size = int(reply or 0)
+        first_refused.setdefault(job, size < 0)
+        if size < 0:
+            refused.add(job)
+        else:
+            job_results[job].bytes_freed += size
+    for job in refused:
+        _written_since(job_results[job], untouched=first_refused[job])
     return results
+
+
+def _written_since(result: ThreadResult, untouched: bool) -> None:
+    """An expired thread a run wrote to after the decision: the script refused it."""
+    if untouched:
+        result.deleted_checkpoints = result.deleted_writes = result.bytes_freed = 0
+        result.expired, result.decisions = None, None
+        result.warnings.append(
+            f"thread {result.thread_id!r} was written to since it expired; it was left whole"
+        )
+    else:
+        result.warnings.append(
+            f"thread {result.thread_id!r} was written to while it was being deleted; "
+            "its newest checkpoints stay"
+        )
 
 
 def _stats_program(
@@ -837,8 +966,13 @@ class RedisBackend(Backend):
         explain: bool = False,
         expire: Mapping[str, Expiry] | None = None,
     ) -> list[ThreadResult]:
-        not_yet(explain, expire)
-        return self._exec(_prune_program(_layout(self.saver), thread_ids, policy, dry_run, now))
+        program = _prune_program(
+            _layout(self.saver), thread_ids, policy, dry_run, now, explain, expire
+        )
+        return self._exec(program)
+
+    def thread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
+        return self._exec(_spans_program(_layout(self.saver), thread_ids))
 
     def iter_thread_ids(self) -> Iterator[str]:
         layout = _layout(self.saver)
@@ -883,9 +1017,13 @@ class AsyncRedisBackend(Backend):
         explain: bool = False,
         expire: Mapping[str, Expiry] | None = None,
     ) -> list[ThreadResult]:
-        not_yet(explain, expire)
-        program = _prune_program(_layout(self.saver), thread_ids, policy, dry_run, now)
+        program = _prune_program(
+            _layout(self.saver), thread_ids, policy, dry_run, now, explain, expire
+        )
         return await self._aexec(program)
+
+    async def athread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
+        return await self._aexec(_spans_program(_layout(self.saver), thread_ids))
 
     async def _aiter(self) -> AsyncIterator[str]:
         layout = _layout(self.saver)
