@@ -156,7 +156,7 @@ def put_latencies(path: Path, stop: threading.Event, out: list[float]) -> None:
     while not stop.is_set():
         cfg, cp, meta, versions = replay.next_put(i)
         t0 = time.perf_counter()
-        saver.put(cfg, cp, meta, versions)
+        saver.put(cfg, cp, meta, versions)  # type: ignore[arg-type]
         out.append(time.perf_counter() - t0)
         i += 1
         time.sleep(0.002)  # an app between turns, not a write loop
@@ -207,7 +207,7 @@ def query_plans(path: Path) -> None:
         [
             r[0]
             for r in conn.execute(
-                "SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? LIMIT 3", (tid,)
+                "SELECT checkpoint_id FROM checkpoints WHERE thread_id = ?", (tid,)
             )
         ]
     )
@@ -241,6 +241,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100, help="our sweep's threads per batch")
     ap.add_argument("--dir", type=Path, default=None, help="keep the stores here")
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--latency-size", type=int, default=None, help="default: the largest size")
     ap.add_argument("--child", nargs=4, metavar=("NAME", "PATH", "KEEP", "BATCH"))
     args = ap.parse_args()
     if args.child:
@@ -305,12 +306,14 @@ def main() -> None:
             f"peak RSS {st['rss_mb']:.0f} MB"
         )
         if not args.no_latency:
-            fresh_copy(largest, root / "run.db")
-            idle_for = rows[-1][2]["ours"]["seconds"]
+            lsize = args.latency_size or sizes[-1]
+            latency_store = root / f"scattered-{lsize}.db"
+            idle_for = next(r["ours"]["seconds"] for size, _, r in rows if size == lsize)
+            fresh_copy(latency_store, root / "run.db")
             idle, _ = latency_during(root / "run.db", args.keep, args.batch, idle_for)
-            fresh_copy(largest, root / "run.db")
+            fresh_copy(latency_store, root / "run.db")
             during, secs = latency_during(root / "run.db", args.keep, args.batch, None)
-            print(f"\napp puts on {sizes[-1]} threads (own connection, WAL)")
+            print(f"\napp puts on {lsize} threads (own connection, WAL)")
             print(f"  no sweep      {median_p99(idle)}")
             print(f"  during ours   {median_p99(during)}  (sweep {secs:.1f}s)")
 
