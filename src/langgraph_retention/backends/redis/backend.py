@@ -114,6 +114,9 @@ STATS_STEPS = (
     "REDUCE", "FIRST_VALUE", 4, "@checkpoint_id", "BY", "@checkpoint_id", "DESC", "AS", "newest",
 )  # fmt: skip
 
+#: Interrupt writes (`keep_interrupted`) and tagged checkpoints (`keep_tagged`).
+INTERRUPT_LOAD = ("@thread_id", "@checkpoint_ns", "@checkpoint_id")
+TAG_LOAD = ("@__key", "@thread_id", "$.metadata", "AS", "metadata")
 #: Per thread: its oldest and newest checkpoint id (thread expiry).
 SPANS_LOAD = ("@thread_id", "@checkpoint_id")
 SPANS_STEPS = (
@@ -429,12 +432,9 @@ def _detailed_doc(row: Row) -> _Doc:
 # -- programs: the decisions, shared by both drivers ------------------------------------
 
 
-def _read_overview(
-    layout: _Layout, thread_ids: Sequence[str], detailed: bool = False
-) -> Program[dict[str, _Thread]]:
+def _read_overview(layout: _Layout, thread_ids: Sequence[str]) -> Program[dict[str, _Thread]]:
     """Each thread's checkpoints and writes from their keys (one round trip), and which
-    threads need the field-by-field read instead (all of them with `detailed`: metadata
-    tags and interrupts are read there)."""
+    threads need the field-by-field read instead."""
     cp_cmds = _aggregates(layout.checkpoint_index, thread_ids, OVERVIEW_LOAD, OVERVIEW_STEPS)
     wr_cmds = _aggregates(layout.write_index, thread_ids, KEYS_LOAD, KEYS_STEPS)
     sends_cmds = _aggregates(
@@ -454,9 +454,7 @@ def _read_overview(
                 continue
             thread = _Thread(stored_id=row["thread_id"])
             docs = _docs_from_keys(layout, thread.stored_id, _keys(row))
-            thread.detailed = (
-                detailed or docs is None or tid in with_sends or _version(row.get("delta")) != 0
-            )
+            thread.detailed = docs is None or tid in with_sends or _version(row.get("delta")) != 0
             thread.docs = docs or []
             thread.writes_known = not thread.detailed
             threads[tid] = thread
@@ -542,6 +540,7 @@ def _entries(
     channels: dict[str, tuple[set[str], set[str]]],
     tag: str | None = None,
     sizes: Mapping[str, int] | None = None,
+    tagged: set[str] | None = None,
 ) -> list[CheckpointEntry]:
     entries = []
     tags = frozenset({tag}) if tag is not None else frozenset()
@@ -571,11 +570,58 @@ def _entries(
                 delta_needs=needs,
                 sends_parent=old_format and (d.ns, d.parent or "") in thread.sends_at,
                 size=sizes.get(d.key, 0) if sizes else 0,
-                tags=tags if tag is not None and d.metadata.get(tag) else frozenset(),
+                tags=tags if tagged and d.key in tagged else frozenset(),
                 interrupted=(d.ns, d.cid) in thread.interrupted_at,
             )
         )
     return entries
+
+
+#: A tag key RediSearch may look for inside the metadata text as it is.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _read_marks(
+    layout: _Layout, threads: Mapping[str, _Thread], policy: RetentionPolicy
+) -> Program[set[str]]:
+    """`keep_interrupted`: file interrupt writes under their checkpoints (threads read
+    field by field have them already). `keep_tagged`: the keys of checkpoints whose
+    metadata sets the key (the server filters on the key's text; JSON decides)."""
+    ids = list(threads)
+    commands: list[Command] = []
+    if policy.keep_interrupted:
+        fast = [tid for tid in ids if not threads[tid].detailed]
+        commands += (
+            _aggregates(
+                layout.write_index, fast, INTERRUPT_LOAD, where=f"@channel:{{{_tag(INTERRUPT)}}}"
+            )
+            if fast
+            else []
+        )
+    n_interrupt = len(commands)
+    tag = policy.keep_tagged
+    if tag is not None:
+        steps = ("FILTER", f'contains(@metadata, "{tag}")') if _PLAIN_KEY.fullmatch(tag) else ()
+        commands += _aggregates(layout.checkpoint_index, ids, TAG_LOAD, steps)
+    results = yield from _read_all(commands)
+    wanted = set(ids)
+    for rows in results[:n_interrupt]:
+        for row in rows:
+            if (tid := _thread_of(row, wanted)) is not None:
+                threads[tid].interrupted_at.add(
+                    (
+                        from_storage_safe_str(row.get("checkpoint_ns") or ""),
+                        from_storage_safe_id(row.get("checkpoint_id") or ""),
+                    )
+                )
+    tagged: set[str] = set()
+    for rows in results[n_interrupt:]:
+        for row in rows:
+            raw = row.get("metadata")
+            meta = json.loads(raw) if isinstance(raw, str) and raw else {}
+            if _thread_of(row, wanted) is not None and isinstance(meta, dict) and meta.get(tag):
+                tagged.add(row["__key"])
+    return tagged
 
 
 def _read_sizes(layout: _Layout, threads: Mapping[str, _Thread]) -> Program[dict[str, int]]:
@@ -688,12 +734,10 @@ def _prune_program(
     expire: Mapping[str, Expiry] | None = None,
 ) -> Program[list[ThreadResult]]:
     """Read the batch's index, decide each thread, size and delete (unless dry run), report."""
-    needs_facts = policy.keep_tagged is not None or policy.keep_interrupted
-    threads = yield from _read_overview(
-        layout, thread_ids, detailed=needs_facts or policy.max_bytes is not None
-    )
+    threads = yield from _read_overview(layout, thread_ids)
     yield from _read_details(layout, threads)
     names_by_thread, channels = yield from _read_stored_channels(threads)
+    tagged = yield from _read_marks(layout, threads, policy)
     sizes = (yield from _read_sizes(layout, threads)) if policy.max_bytes is not None else None
 
     results: list[ThreadResult] = []
@@ -705,7 +749,7 @@ def _prune_program(
         thread = threads.get(tid) or _Thread(stored_id=to_storage_safe_id(tid))
         try:
             entries = _entries(
-                thread, names_by_thread.get(tid, {}), channels, policy.keep_tagged, sizes
+                thread, names_by_thread.get(tid, {}), channels, policy.keep_tagged, sizes, tagged
             )
             plan, result = decide(
                 tid, entries, policy, now=now, explain=explain, expiry=expiries.get(tid)
