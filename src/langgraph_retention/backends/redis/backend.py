@@ -125,6 +125,8 @@ SPANS_STEPS = (
     "REDUCE", "FIRST_VALUE", 4, "@checkpoint_id", "BY", "@checkpoint_id", "DESC", "AS", "newest",
 )  # fmt: skip
 
+#: ARGV[1]: '0' sizes only (dry run), '1' sizes and deletes, '2' deletes unsized (the
+#: caller measured the keys already, for `max_bytes`).
 #: Returns -1 and touches nothing unless each of ARGV[2]'s guard pairs (pointer, key)
 #: holds: an expired thread goes only while every `checkpoint_latest` pointer still names
 #: the checkpoint the decision saw as newest (a run that wrote since keeps its thread).
@@ -139,11 +141,13 @@ for i = 3, 2 + 2 * guards, 2 do
   if redis.call('GET', ARGV[i]) ~= ARGV[i + 1] then return -1 end
 end
 local bytes = 0
-for i = 1, #KEYS do
-  local size = redis.call('MEMORY', 'USAGE', KEYS[i])
-  if size then bytes = bytes + size end
+if ARGV[1] ~= '2' then
+  for i = 1, #KEYS do
+    local size = redis.call('MEMORY', 'USAGE', KEYS[i])
+    if size then bytes = bytes + size end
+  end
 end
-if ARGV[1] == '1' then
+if ARGV[1] ~= '0' then
   for i = 1, #KEYS, 500 do
     redis.call('UNLINK', unpack(KEYS, i, math.min(i + 499, #KEYS)))
   end
@@ -539,7 +543,7 @@ def _entries(
     names: dict[str, set[str]],
     channels: dict[str, tuple[set[str], set[str]]],
     tag: str | None = None,
-    sizes: Mapping[str, int] | None = None,
+    sizes: _Sizes | None = None,
     tagged: set[str] | None = None,
 ) -> list[CheckpointEntry]:
     entries = []
@@ -569,7 +573,7 @@ def _entries(
                 parents=parents if isinstance(parents, dict) else {},
                 delta_needs=needs,
                 sends_parent=old_format and (d.ns, d.parent or "") in thread.sends_at,
-                size=sizes.get(d.key, 0) if sizes else 0,
+                size=sizes.by_checkpoint.get(d.key, 0) if sizes else 0,
                 tags=tags if tagged and d.key in tagged else frozenset(),
                 interrupted=(d.ns, d.cid) in thread.interrupted_at,
             )
@@ -624,20 +628,31 @@ def _read_marks(
     return tagged
 
 
-def _read_sizes(layout: _Layout, threads: Mapping[str, _Thread]) -> Program[dict[str, int]]:
-    """`max_bytes` only: each checkpoint's bytes (MEMORY USAGE of its document, its write
-    registry and its writes; channel values live inside the checkpoint document)."""
+@dataclass(slots=True)
+class _Sizes:
+    """`max_bytes` only: MEMORY USAGE of every key, and per checkpoint the sum of its
+    document, its write registry and its writes (channel values live in the document).
+    The deletes reuse `by_key` instead of measuring the same keys again."""
+
+    by_key: dict[str, int] = field(default_factory=dict)
+    by_checkpoint: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def _read_sizes(layout: _Layout, threads: Mapping[str, _Thread]) -> Program[_Sizes]:
     owners: list[str] = []
-    commands: list[Command] = []
+    keys: list[str] = []
     for thread in threads.values():
         for d in thread.docs:
             for key in (d.key, layout.registry_key(d.key), *thread.writes.get((d.ns, d.cid), [])):
                 owners.append(d.key)
-                commands.append(("MEMORY", "USAGE", key))
-    sizes: dict[str, int] = defaultdict(int)
-    if commands:
-        for owner, size in zip(owners, (yield commands), strict=True):
-            sizes[owner] += int(size or 0)
+                keys.append(key)
+    sizes = _Sizes()
+    if keys:
+        replies = yield [("MEMORY", "USAGE", key) for key in keys]
+        for owner, key, reply in zip(owners, keys, replies, strict=True):
+            size = int(reply or 0)
+            sizes.by_key[key] = size
+            sizes.by_checkpoint[owner] += size
     return sizes
 
 
@@ -681,6 +696,7 @@ def _size_calls(
     jobs: Sequence[tuple[list[str], list[str]]],
     delete: bool,
     guards: Mapping[int, list[str]] | None = None,
+    presized: set[int] | frozenset[int] = frozenset(),
 ) -> tuple[list[Command], list[int]]:
     """Lua calls sizing (and deleting) each job's keys, at most `LUA_KEYS` per call; the
     pointer repairs ride on a job's last call, a job's `guards` (pointer, expected key
@@ -692,7 +708,8 @@ def _size_calls(
         guard = (guards or {}).get(job, [])
         for start in starts:
             chunk = keys[start : start + LUA_KEYS]
-            argv = ["1" if delete else "0", str(len(guard) // 2), *guard]
+            mode = ("2" if job in presized else "1") if delete else "0"
+            argv = [mode, str(len(guard) // 2), *guard]
             argv += pointer_args if start == starts[-1] else []
             calls.append(("EVALSHA", SIZE_AND_DELETE_SHA, len(chunk), *chunk, *argv))
             owner.append(job)
@@ -786,6 +803,7 @@ def _prune_program(
     jobs: list[tuple[list[str], list[str]]] = []
     job_results: list[ThreadResult] = []
     job_guards: dict[int, list[str]] = {}
+    presized: dict[int, int] = {}  # job -> bytes its keys measured while planning
     for tid, docs in doomed_by_thread.items():
         thread = threads[tid]
         if tid in unknown:
@@ -798,11 +816,15 @@ def _prune_program(
         keys = [k for d in docs for k in (d.key, layout.registry_key(d.key))] + write_keys
         if tid in guards:
             job_guards[len(jobs)] = guards[tid]
+        if sizes is not None and all(k in sizes.by_key for k in keys):
+            presized[len(jobs)] = sum(sizes.by_key[k] for k in keys)
         jobs.append((keys, pointers[tid]))
         job_results.append(result)
     if not jobs:
         return results
-    calls, owner = _size_calls(jobs, delete=not dry_run, guards=job_guards)
+    calls, owner = _size_calls(
+        jobs, not dry_run, job_guards, set(presized) if not dry_run else set()
+    )
     replies = yield calls
     first_refused: dict[int, bool] = {}  # job -> its first call found a guard broken
     refused: set[int] = set()
@@ -813,6 +835,9 @@ def _prune_program(
             refused.add(job)
         else:
             job_results[job].bytes_freed += size
+    for job, measured in presized.items():
+        if not dry_run and not first_refused.get(job):
+            job_results[job].bytes_freed += measured
     for job in refused:
         _written_since(job_results[job], untouched=first_refused[job])
     return results
