@@ -166,6 +166,15 @@ return bytes
 """
 SIZE_AND_DELETE_SHA = hashlib.sha1(SIZE_AND_DELETE_LUA.encode()).hexdigest()
 
+#: MEMORY USAGE of each of KEYS, as one array (one reply per call, not one per key).
+SIZES_LUA = """
+local sizes = {}
+for i = 1, #KEYS do
+  sizes[i] = redis.call('MEMORY', 'USAGE', KEYS[i]) or 0
+end
+return sizes
+"""
+
 R = TypeVar("R")
 Command = tuple[Any, ...]
 Program = Generator[list[Command], list[Any], R]
@@ -648,8 +657,10 @@ def _read_sizes(layout: _Layout, threads: Mapping[str, _Thread]) -> Program[_Siz
                 keys.append(key)
     sizes = _Sizes()
     if keys:
-        replies = yield [("MEMORY", "USAGE", key) for key in keys]
-        for owner, key, reply in zip(owners, keys, replies, strict=True):
+        chunks = [keys[i : i + LUA_KEYS] for i in range(0, len(keys), LUA_KEYS)]
+        replies = yield [("EVAL", SIZES_LUA, len(chunk), *chunk) for chunk in chunks]
+        measured = [size for reply in replies for size in reply]
+        for owner, key, reply in zip(owners, keys, measured, strict=True):
             size = int(reply or 0)
             sizes.by_key[key] = size
             sizes.by_checkpoint[owner] += size
