@@ -344,14 +344,31 @@ UNION ALL
 {_totals("blobs", "gone_blobs")}
 """
 
-# Keyset pagination over the primary key: no OFFSET, no server-side cursor held open.
+# Keyset pagination as a skip scan of the primary key: each step of the recursion is one
+# index probe for the next thread id, so a page costs `limit` probes however many
+# checkpoints the threads have (a DISTINCT read every row of the page's threads, and
+# more as the table grew).
 FIRST_THREAD_PAGE_SQL = """
-SELECT DISTINCT thread_id FROM checkpoints ORDER BY thread_id LIMIT %(limit)s
+WITH RECURSIVE t(thread_id) AS (
+    (SELECT thread_id FROM checkpoints ORDER BY thread_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT c.thread_id FROM checkpoints c WHERE c.thread_id > t.thread_id
+            ORDER BY c.thread_id LIMIT 1)
+    FROM t WHERE t.thread_id IS NOT NULL
+)
+SELECT thread_id FROM t WHERE thread_id IS NOT NULL LIMIT %(limit)s
 """
 
 NEXT_THREAD_PAGE_SQL = """
-SELECT DISTINCT thread_id FROM checkpoints
-WHERE thread_id > %(after)s ORDER BY thread_id LIMIT %(limit)s
+WITH RECURSIVE t(thread_id) AS (
+    (SELECT thread_id FROM checkpoints WHERE thread_id > %(after)s
+     ORDER BY thread_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT c.thread_id FROM checkpoints c WHERE c.thread_id > t.thread_id
+            ORDER BY c.thread_id LIMIT 1)
+    FROM t WHERE t.thread_id IS NOT NULL
+)
+SELECT thread_id FROM t WHERE thread_id IS NOT NULL LIMIT %(limit)s
 """
 
 # Sizes are on-disk (`pg_column_size`: compressed or TOASTed as stored), as freed bytes are.
