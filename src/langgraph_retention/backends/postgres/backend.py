@@ -282,17 +282,23 @@ _UNREFERENCED = f"NOT EXISTS (SELECT 1 FROM live l WHERE {_matches('l', 'b', _BL
 
 # First statement: the doomed checkpoints and their writes (which may commit before their
 # checkpoint: they go by the ids deleted, never by "all but the kept"), counted per
-# thread (rows, on-disk bytes).
+# thread (rows, on-disk bytes). The `thread_id = ANY` bound is redundant with the ids but
+# lets the planner reach the rows through the primary key: without it, each batch
+# hash-joined the doomed ids against a sequential scan of both whole tables. The ids are
+# a semi-join (`IN`), so the hashed side is the doomed list and the rows are deleted in
+# the bitmap scan's physical order, each page visited once; a join probed the table in
+# the list's order, from page to page all over a scattered table.
+_KEY_IN_DOOMED = "({}.thread_id, {}.checkpoint_ns, {}.checkpoint_id) IN (SELECT * FROM doomed)"
 DELETE_CHECKPOINTS_SQL = f"""
 WITH {_DOOMED_CTE},
 gone AS (
-    DELETE FROM checkpoints c USING doomed d
-    WHERE c.thread_id = ANY(%(threads)s::text[]) AND {_matches("d", "c", _CHECKPOINT_KEY)}
+    DELETE FROM checkpoints c
+    WHERE c.thread_id = ANY(%(threads)s::text[]) AND {_KEY_IN_DOOMED.format("c", "c", "c")}
     RETURNING c.thread_id, {_CHECKPOINT_SIZE} AS size
 ),
 gone_writes AS (
-    DELETE FROM checkpoint_writes w USING doomed d
-    WHERE w.thread_id = ANY(%(threads)s::text[]) AND {_matches("d", "w", _CHECKPOINT_KEY)}
+    DELETE FROM checkpoint_writes w
+    WHERE w.thread_id = ANY(%(threads)s::text[]) AND {_KEY_IN_DOOMED.format("w", "w", "w")}
     RETURNING w.thread_id, pg_column_size(w.blob) AS size
 )
 {_totals("checkpoints", "gone")}
