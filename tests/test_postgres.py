@@ -27,6 +27,7 @@ from langgraph_retention import (
     RetentionPolicy,
     aprune_thread,
     astats,
+    asweep,
     prune_thread,
     stats,
     sweep,
@@ -35,7 +36,7 @@ from langgraph_retention.backends.postgres import PostgresUnavailableError
 from langgraph_retention.backends.postgres import backend as pg_backend
 from langgraph_retention.demo import SEED_THREAD_ID, chat
 
-from .graphs import build_agent, build_delta_graph, build_subgraph_graph, config
+from .graphs import build_agent, build_delta_graph, build_subgraph_graph, config, user_turn
 
 # -- SQL helpers -----------------------------------------------------------------------------
 
@@ -631,3 +632,51 @@ def test_an_expired_thread_deleted_whole_leaves_no_rows_in_any_table(
     for table in ("checkpoints", "checkpoint_writes", "checkpoint_blobs"):
         assert scalar(postgres_url, f"SELECT count(*) FROM {table} WHERE thread_id = 'old'") == 0
         assert scalar(postgres_url, f"SELECT count(*) FROM {table} WHERE thread_id = 'new'") > 0
+
+
+# -- the richer rules' facts, sync and async alike ------------------------------------------
+
+LATER = datetime.now(UTC) + timedelta(days=40)
+RICH = RetentionPolicy(
+    keep_last=2,
+    keep_daily=3,
+    keep_first=True,
+    keep_interrupted=True,
+    keep_tagged="pin",
+    max_bytes=40_000,
+    idle_ttl=timedelta(days=30),
+)
+
+
+def test_checkpoint_sizes_add_up_to_the_thread_bytes(
+    postgres_saver: PostgresSaver, postgres_url: str
+) -> None:
+    chat(build_agent(postgres_saver), "t", 3)
+
+    sizes = sql(postgres_url, pg_backend.SIZES_SQL, {"threads": ["t"]})
+
+    assert {(ns, cid) for _tid, ns, cid, _size in sizes} == {
+        ("", cid) for cid in history_ids(build_agent(postgres_saver), "t")
+    }
+    assert sum(size for *_key, size in sizes) == stats(postgres_saver).threads["t"].bytes
+
+
+async def test_sync_and_async_savers_make_the_same_decisions(
+    postgres_saver: PostgresSaver, postgres_url: str
+) -> None:
+    graph = build_agent(postgres_saver)
+    for tid in ("a", "b", "c"):
+        chat(graph, tid, 4)
+    graph.invoke(user_turn(9), {**config("b"), "metadata": {"pin": True}})
+
+    synced = sweep(postgres_saver, RICH, dry_run=True, explain=True, now=LATER)
+    async with AsyncPostgresSaver.from_conn_string(postgres_url) as saver:
+        asynced = await asweep(saver, RICH, dry_run=True, explain=True, now=LATER)
+
+    assert synced.deleted_checkpoints > 0 and synced.expired
+    assert (synced.deleted_checkpoints, synced.bytes_freed, synced.expired) == (
+        asynced.deleted_checkpoints,
+        asynced.bytes_freed,
+        asynced.expired,
+    )
+    assert synced.decisions == asynced.decisions

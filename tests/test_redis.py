@@ -494,3 +494,15 @@ def test_the_delete_script_leaves_a_thread_whose_pointer_moved_whole(
 
     assert reply == -1 and all(client.exists(k) for k in keys)
     assert len(graph.get_state(config("t")).values["messages"]) == 8
+
+
+def test_bytes_measured_for_max_bytes_are_the_bytes_reported_freed(
+    redis_saver: RedisSaver,
+) -> None:
+    chat(build_agent(redis_saver), "t", 3)
+    measured_by_the_script = sweep(redis_saver, RetentionPolicy(keep_last=2), dry_run=True)
+
+    measured_first = sweep(redis_saver, RetentionPolicy(keep_last=2, max_bytes=2**30))
+
+    assert measured_first.deleted_checkpoints == measured_by_the_script.deleted_checkpoints == 13
+    assert measured_first.bytes_freed == measured_by_the_script.bytes_freed > 0

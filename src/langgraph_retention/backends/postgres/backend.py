@@ -139,8 +139,26 @@ WHERE thread_id = ANY(%(threads)s::text[]) AND metadata ? %(tag)s
   AND metadata -> %(tag)s NOT IN ('null', 'false', '0', '""', '[]', '{}')
 """
 
-# `max_bytes`: each checkpoint's on-disk bytes: its row, its writes, and the blobs it is
-# the newest checkpoint to reference (deleting it and everything older frees them).
+# `max_bytes`, first: each thread's on-disk bytes. Only a thread over the cap needs its
+# checkpoints sized (below it, whatever stays fits), which spares most batches the
+# expansion of every checkpoint's channel versions.
+THREAD_BYTES_SQL = """
+SELECT thread_id, sum(size) FROM (
+    SELECT thread_id, pg_column_size(checkpoint) + pg_column_size(metadata) AS size
+    FROM checkpoints WHERE thread_id = ANY(%(threads)s::text[])
+    UNION ALL
+    SELECT thread_id, pg_column_size(blob) FROM checkpoint_writes
+    WHERE thread_id = ANY(%(threads)s::text[])
+    UNION ALL
+    SELECT thread_id, coalesce(pg_column_size(blob), 0) FROM checkpoint_blobs
+    WHERE thread_id = ANY(%(threads)s::text[])
+) AS owned
+GROUP BY thread_id
+"""
+
+# `max_bytes`, then, for threads over the cap: each checkpoint's on-disk bytes: its row,
+# its writes, and the blobs it is the newest checkpoint to reference (deleting it and
+# everything older frees them).
 SIZES_SQL = """
 WITH refs AS (
     SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, v.value AS version,
@@ -264,17 +282,23 @@ _UNREFERENCED = f"NOT EXISTS (SELECT 1 FROM live l WHERE {_matches('l', 'b', _BL
 
 # First statement: the doomed checkpoints and their writes (which may commit before their
 # checkpoint: they go by the ids deleted, never by "all but the kept"), counted per
-# thread (rows, on-disk bytes).
+# thread (rows, on-disk bytes). The `thread_id = ANY` bound is redundant with the ids but
+# lets the planner reach the rows through the primary key: without it, each batch
+# hash-joined the doomed ids against a sequential scan of both whole tables. The ids are
+# a semi-join (`IN`), so the hashed side is the doomed list and the rows are deleted in
+# the bitmap scan's physical order, each page visited once; a join probed the table in
+# the list's order, from page to page all over a scattered table.
+_KEY_IN_DOOMED = "({}.thread_id, {}.checkpoint_ns, {}.checkpoint_id) IN (SELECT * FROM doomed)"
 DELETE_CHECKPOINTS_SQL = f"""
 WITH {_DOOMED_CTE},
 gone AS (
-    DELETE FROM checkpoints c USING doomed d
-    WHERE c.thread_id = ANY(%(threads)s::text[]) AND {_matches("d", "c", _CHECKPOINT_KEY)}
+    DELETE FROM checkpoints c
+    WHERE c.thread_id = ANY(%(threads)s::text[]) AND {_KEY_IN_DOOMED.format("c", "c", "c")}
     RETURNING c.thread_id, {_CHECKPOINT_SIZE} AS size
 ),
 gone_writes AS (
-    DELETE FROM checkpoint_writes w USING doomed d
-    WHERE w.thread_id = ANY(%(threads)s::text[]) AND {_matches("d", "w", _CHECKPOINT_KEY)}
+    DELETE FROM checkpoint_writes w
+    WHERE w.thread_id = ANY(%(threads)s::text[]) AND {_KEY_IN_DOOMED.format("w", "w", "w")}
     RETURNING w.thread_id, pg_column_size(w.blob) AS size
 )
 {_totals("checkpoints", "gone")}
@@ -326,14 +350,31 @@ UNION ALL
 {_totals("blobs", "gone_blobs")}
 """
 
-# Keyset pagination over the primary key: no OFFSET, no server-side cursor held open.
+# Keyset pagination as a skip scan of the primary key: each step of the recursion is one
+# index probe for the next thread id, so a page costs `limit` probes however many
+# checkpoints the threads have (a DISTINCT read every row of the page's threads, and
+# more as the table grew).
 FIRST_THREAD_PAGE_SQL = """
-SELECT DISTINCT thread_id FROM checkpoints ORDER BY thread_id LIMIT %(limit)s
+WITH RECURSIVE t(thread_id) AS (
+    (SELECT thread_id FROM checkpoints ORDER BY thread_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT c.thread_id FROM checkpoints c WHERE c.thread_id > t.thread_id
+            ORDER BY c.thread_id LIMIT 1)
+    FROM t WHERE t.thread_id IS NOT NULL
+)
+SELECT thread_id FROM t WHERE thread_id IS NOT NULL LIMIT %(limit)s
 """
 
 NEXT_THREAD_PAGE_SQL = """
-SELECT DISTINCT thread_id FROM checkpoints
-WHERE thread_id > %(after)s ORDER BY thread_id LIMIT %(limit)s
+WITH RECURSIVE t(thread_id) AS (
+    (SELECT thread_id FROM checkpoints WHERE thread_id > %(after)s
+     ORDER BY thread_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT c.thread_id FROM checkpoints c WHERE c.thread_id > t.thread_id
+            ORDER BY c.thread_id LIMIT 1)
+    FROM t WHERE t.thread_id IS NOT NULL
+)
+SELECT thread_id FROM t WHERE thread_id IS NOT NULL LIMIT %(limit)s
 """
 
 # Sizes are on-disk (`pg_column_size`: compressed or TOASTed as stored), as freed bytes are.
@@ -409,9 +450,12 @@ def _facts_program(threads: str, policy: RetentionPolicy) -> Program[_Facts]:
         rows = yield TAGGED_SQL, {"threads": threads, "tag": policy.keep_tagged}, True
         facts.tagged = {(r[0], r[1], r[2]) for r in rows}
     if policy.max_bytes is not None:
+        totals = yield THREAD_BYTES_SQL, {"threads": threads}, True
+        over = [tid for tid, size in totals if int(size or 0) > policy.max_bytes]
         sizes: dict[Key, int] = defaultdict(int)
-        for tid, ns, cid, size in (yield SIZES_SQL, {"threads": threads}, True):
-            sizes[(tid, ns, cid)] += int(size or 0)
+        if over:
+            for tid, ns, cid, size in (yield SIZES_SQL, {"threads": _text_array(over)}, True):
+                sizes[(tid, ns, cid)] += int(size or 0)
         facts.sizes = sizes
     return facts
 

@@ -12,9 +12,10 @@ small. Only the part of a key after its known `{prefix}:{thread}:` is split, and
 where that is unambiguous; anything else is read field by field.
 
 A prune reads, in one round trip, each thread's checkpoint keys, write keys and a
-DeltaChannel flag (never the state), plans it, then sizes (`MEMORY USAGE`) and UNLINKs the
-doomed keys in one Lua call per thread: explicit keys only, never a pattern; the only
-write is repairing a `checkpoint_latest` pointer left on a deleted key (SET ... KEEPTTL).
+DeltaChannel flag (never the state), plans it, then sizes (`size_of`: JSON.DEBUG MEMORY
+or MEMORY USAGE) and UNLINKs the doomed keys in one Lua call per thread: explicit keys
+only, never a pattern; the only write is repairing a `checkpoint_latest` pointer left
+on a deleted key (SET ... KEEPTTL).
 The programs below yield lists of commands (one pipeline each) and receive the replies,
 so the sync and async drivers share every decision.
 """
@@ -114,6 +115,9 @@ STATS_STEPS = (
     "REDUCE", "FIRST_VALUE", 4, "@checkpoint_id", "BY", "@checkpoint_id", "DESC", "AS", "newest",
 )  # fmt: skip
 
+#: Interrupt writes (`keep_interrupted`) and tagged checkpoints (`keep_tagged`).
+INTERRUPT_LOAD = ("@thread_id", "@checkpoint_ns", "@checkpoint_id")
+TAG_LOAD = ("@__key", "@thread_id", "$.metadata", "AS", "metadata")
 #: Per thread: its oldest and newest checkpoint id (thread expiry).
 SPANS_LOAD = ("@thread_id", "@checkpoint_id")
 SPANS_STEPS = (
@@ -122,25 +126,41 @@ SPANS_STEPS = (
     "REDUCE", "FIRST_VALUE", 4, "@checkpoint_id", "BY", "@checkpoint_id", "DESC", "AS", "newest",
 )  # fmt: skip
 
+#: A key's bytes: RedisJSON's own count for JSON documents (checkpoints, writes; half
+#: the server time of MEMORY USAGE on big documents, within 1% of it), MEMORY USAGE for
+#: the rest (write registries).
+_SIZE_OF_LUA = """
+local function size_of(key)
+  local n = redis.pcall('JSON.DEBUG', 'MEMORY', key)
+  if type(n) == 'number' then return n end
+  return redis.call('MEMORY', 'USAGE', key) or 0
+end
+"""
+
+#: ARGV[1]: '0' sizes only (dry run), '1' sizes and deletes, '2' deletes unsized (the
+#: caller measured the keys already, for `max_bytes`).
 #: Returns -1 and touches nothing unless each of ARGV[2]'s guard pairs (pointer, key)
 #: holds: an expired thread goes only while every `checkpoint_latest` pointer still names
 #: the checkpoint the decision saw as newest (a run that wrote since keeps its thread).
-#: Then sizes KEYS (MEMORY USAGE, before anything goes) and returns the sum; with ARGV[1] == '1'
+#: Then sizes KEYS (`size_of`, before anything goes) and returns the sum; with ARGV[1] == '1'
 #: also UNLINKs them, then repairs each `checkpoint_latest` pointer given as an ARGV pair
 #: (pointer, key of the namespace's newest kept checkpoint or '' when the namespace went):
 #: only a pointer whose target no longer exists is touched, re-pointed with KEEPTTL (its
 #: TTL stays) or deleted; one a concurrent put moved to a live key is left alone.
-SIZE_AND_DELETE_LUA = """
+SIZE_AND_DELETE_LUA = (
+    _SIZE_OF_LUA
+    + """
 local guards = tonumber(ARGV[2])
 for i = 3, 2 + 2 * guards, 2 do
   if redis.call('GET', ARGV[i]) ~= ARGV[i + 1] then return -1 end
 end
 local bytes = 0
-for i = 1, #KEYS do
-  local size = redis.call('MEMORY', 'USAGE', KEYS[i])
-  if size then bytes = bytes + size end
+if ARGV[1] ~= '2' then
+  for i = 1, #KEYS do
+    bytes = bytes + size_of(KEYS[i])
+  end
 end
-if ARGV[1] == '1' then
+if ARGV[1] ~= '0' then
   for i = 1, #KEYS, 500 do
     redis.call('UNLINK', unpack(KEYS, i, math.min(i + 499, #KEYS)))
   end
@@ -157,7 +177,20 @@ if ARGV[1] == '1' then
 end
 return bytes
 """
+)
 SIZE_AND_DELETE_SHA = hashlib.sha1(SIZE_AND_DELETE_LUA.encode()).hexdigest()
+
+#: `size_of` each of KEYS, as one array (one reply per call, not one per key).
+SIZES_LUA = (
+    _SIZE_OF_LUA
+    + """
+local sizes = {}
+for i = 1, #KEYS do
+  sizes[i] = size_of(KEYS[i])
+end
+return sizes
+"""
+)
 
 R = TypeVar("R")
 Command = tuple[Any, ...]
@@ -429,12 +462,9 @@ def _detailed_doc(row: Row) -> _Doc:
 # -- programs: the decisions, shared by both drivers ------------------------------------
 
 
-def _read_overview(
-    layout: _Layout, thread_ids: Sequence[str], detailed: bool = False
-) -> Program[dict[str, _Thread]]:
+def _read_overview(layout: _Layout, thread_ids: Sequence[str]) -> Program[dict[str, _Thread]]:
     """Each thread's checkpoints and writes from their keys (one round trip), and which
-    threads need the field-by-field read instead (all of them with `detailed`: metadata
-    tags and interrupts are read there)."""
+    threads need the field-by-field read instead."""
     cp_cmds = _aggregates(layout.checkpoint_index, thread_ids, OVERVIEW_LOAD, OVERVIEW_STEPS)
     wr_cmds = _aggregates(layout.write_index, thread_ids, KEYS_LOAD, KEYS_STEPS)
     sends_cmds = _aggregates(
@@ -454,9 +484,7 @@ def _read_overview(
                 continue
             thread = _Thread(stored_id=row["thread_id"])
             docs = _docs_from_keys(layout, thread.stored_id, _keys(row))
-            thread.detailed = (
-                detailed or docs is None or tid in with_sends or _version(row.get("delta")) != 0
-            )
+            thread.detailed = docs is None or tid in with_sends or _version(row.get("delta")) != 0
             thread.docs = docs or []
             thread.writes_known = not thread.detailed
             threads[tid] = thread
@@ -541,7 +569,8 @@ def _entries(
     names: dict[str, set[str]],
     channels: dict[str, tuple[set[str], set[str]]],
     tag: str | None = None,
-    sizes: Mapping[str, int] | None = None,
+    sizes: _Sizes | None = None,
+    tagged: set[str] | None = None,
 ) -> list[CheckpointEntry]:
     entries = []
     tags = frozenset({tag}) if tag is not None else frozenset()
@@ -570,28 +599,88 @@ def _entries(
                 parents=parents if isinstance(parents, dict) else {},
                 delta_needs=needs,
                 sends_parent=old_format and (d.ns, d.parent or "") in thread.sends_at,
-                size=sizes.get(d.key, 0) if sizes else 0,
-                tags=tags if tag is not None and d.metadata.get(tag) else frozenset(),
+                size=sizes.by_checkpoint.get(d.key, 0) if sizes else 0,
+                tags=tags if tagged and d.key in tagged else frozenset(),
                 interrupted=(d.ns, d.cid) in thread.interrupted_at,
             )
         )
     return entries
 
 
-def _read_sizes(layout: _Layout, threads: Mapping[str, _Thread]) -> Program[dict[str, int]]:
-    """`max_bytes` only: each checkpoint's bytes (MEMORY USAGE of its document, its write
-    registry and its writes; channel values live inside the checkpoint document)."""
-    owners: list[str] = []
+#: A tag key RediSearch may look for inside the metadata text as it is.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _read_marks(
+    layout: _Layout, threads: Mapping[str, _Thread], policy: RetentionPolicy
+) -> Program[set[str]]:
+    """`keep_interrupted`: file interrupt writes under their checkpoints (threads read
+    field by field have them already). `keep_tagged`: the keys of checkpoints whose
+    metadata sets the key (the server filters on the key's text; JSON decides)."""
+    ids = list(threads)
     commands: list[Command] = []
+    if policy.keep_interrupted:
+        fast = [tid for tid in ids if not threads[tid].detailed]
+        commands += (
+            _aggregates(
+                layout.write_index, fast, INTERRUPT_LOAD, where=f"@channel:{{{_tag(INTERRUPT)}}}"
+            )
+            if fast
+            else []
+        )
+    n_interrupt = len(commands)
+    tag = policy.keep_tagged
+    if tag is not None:
+        steps = ("FILTER", f'contains(@metadata, "{tag}")') if _PLAIN_KEY.fullmatch(tag) else ()
+        commands += _aggregates(layout.checkpoint_index, ids, TAG_LOAD, steps)
+    results = yield from _read_all(commands)
+    wanted = set(ids)
+    for rows in results[:n_interrupt]:
+        for row in rows:
+            if (tid := _thread_of(row, wanted)) is not None:
+                threads[tid].interrupted_at.add(
+                    (
+                        from_storage_safe_str(row.get("checkpoint_ns") or ""),
+                        from_storage_safe_id(row.get("checkpoint_id") or ""),
+                    )
+                )
+    tagged: set[str] = set()
+    for rows in results[n_interrupt:]:
+        for row in rows:
+            raw = row.get("metadata")
+            meta = json.loads(raw) if isinstance(raw, str) and raw else {}
+            if _thread_of(row, wanted) is not None and isinstance(meta, dict) and meta.get(tag):
+                tagged.add(row["__key"])
+    return tagged
+
+
+@dataclass(slots=True)
+class _Sizes:
+    """`max_bytes` only: `size_of` every key, and per checkpoint the sum of its
+    document, its write registry and its writes (channel values live in the document).
+    The deletes reuse `by_key` instead of measuring the same keys again."""
+
+    by_key: dict[str, int] = field(default_factory=dict)
+    by_checkpoint: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def _read_sizes(layout: _Layout, threads: Mapping[str, _Thread]) -> Program[_Sizes]:
+    owners: list[str] = []
+    keys: list[str] = []
     for thread in threads.values():
         for d in thread.docs:
             for key in (d.key, layout.registry_key(d.key), *thread.writes.get((d.ns, d.cid), [])):
                 owners.append(d.key)
-                commands.append(("MEMORY", "USAGE", key))
-    sizes: dict[str, int] = defaultdict(int)
-    if commands:
-        for owner, size in zip(owners, (yield commands), strict=True):
-            sizes[owner] += int(size or 0)
+                keys.append(key)
+    sizes = _Sizes()
+    if keys:
+        chunks = [keys[i : i + LUA_KEYS] for i in range(0, len(keys), LUA_KEYS)]
+        replies = yield [("EVAL", SIZES_LUA, len(chunk), *chunk) for chunk in chunks]
+        measured = [size for reply in replies for size in reply]
+        for owner, key, reply in zip(owners, keys, measured, strict=True):
+            size = int(reply or 0)
+            sizes.by_key[key] = size
+            sizes.by_checkpoint[owner] += size
     return sizes
 
 
@@ -635,6 +724,7 @@ def _size_calls(
     jobs: Sequence[tuple[list[str], list[str]]],
     delete: bool,
     guards: Mapping[int, list[str]] | None = None,
+    presized: set[int] | frozenset[int] = frozenset(),
 ) -> tuple[list[Command], list[int]]:
     """Lua calls sizing (and deleting) each job's keys, at most `LUA_KEYS` per call; the
     pointer repairs ride on a job's last call, a job's `guards` (pointer, expected key
@@ -646,7 +736,8 @@ def _size_calls(
         guard = (guards or {}).get(job, [])
         for start in starts:
             chunk = keys[start : start + LUA_KEYS]
-            argv = ["1" if delete else "0", str(len(guard) // 2), *guard]
+            mode = ("2" if job in presized else "1") if delete else "0"
+            argv = [mode, str(len(guard) // 2), *guard]
             argv += pointer_args if start == starts[-1] else []
             calls.append(("EVALSHA", SIZE_AND_DELETE_SHA, len(chunk), *chunk, *argv))
             owner.append(job)
@@ -688,12 +779,10 @@ def _prune_program(
     expire: Mapping[str, Expiry] | None = None,
 ) -> Program[list[ThreadResult]]:
     """Read the batch's index, decide each thread, size and delete (unless dry run), report."""
-    needs_facts = policy.keep_tagged is not None or policy.keep_interrupted
-    threads = yield from _read_overview(
-        layout, thread_ids, detailed=needs_facts or policy.max_bytes is not None
-    )
+    threads = yield from _read_overview(layout, thread_ids)
     yield from _read_details(layout, threads)
     names_by_thread, channels = yield from _read_stored_channels(threads)
+    tagged = yield from _read_marks(layout, threads, policy)
     sizes = (yield from _read_sizes(layout, threads)) if policy.max_bytes is not None else None
 
     results: list[ThreadResult] = []
@@ -705,7 +794,7 @@ def _prune_program(
         thread = threads.get(tid) or _Thread(stored_id=to_storage_safe_id(tid))
         try:
             entries = _entries(
-                thread, names_by_thread.get(tid, {}), channels, policy.keep_tagged, sizes
+                thread, names_by_thread.get(tid, {}), channels, policy.keep_tagged, sizes, tagged
             )
             plan, result = decide(
                 tid, entries, policy, now=now, explain=explain, expiry=expiries.get(tid)
@@ -742,6 +831,7 @@ def _prune_program(
     jobs: list[tuple[list[str], list[str]]] = []
     job_results: list[ThreadResult] = []
     job_guards: dict[int, list[str]] = {}
+    presized: dict[int, int] = {}  # job -> bytes its keys measured while planning
     for tid, docs in doomed_by_thread.items():
         thread = threads[tid]
         if tid in unknown:
@@ -754,11 +844,15 @@ def _prune_program(
         keys = [k for d in docs for k in (d.key, layout.registry_key(d.key))] + write_keys
         if tid in guards:
             job_guards[len(jobs)] = guards[tid]
+        if sizes is not None and all(k in sizes.by_key for k in keys):
+            presized[len(jobs)] = sum(sizes.by_key[k] for k in keys)
         jobs.append((keys, pointers[tid]))
         job_results.append(result)
     if not jobs:
         return results
-    calls, owner = _size_calls(jobs, delete=not dry_run, guards=job_guards)
+    calls, owner = _size_calls(
+        jobs, not dry_run, job_guards, set(presized) if not dry_run else set()
+    )
     replies = yield calls
     first_refused: dict[int, bool] = {}  # job -> its first call found a guard broken
     refused: set[int] = set()
@@ -769,6 +863,9 @@ def _prune_program(
             refused.add(job)
         else:
             job_results[job].bytes_freed += size
+    for job, measured in presized.items():
+        if not dry_run and not first_refused.get(job):
+            job_results[job].bytes_freed += measured
     for job in refused:
         _written_since(job_results[job], untouched=first_refused[job])
     return results
@@ -792,7 +889,7 @@ def _written_since(result: ThreadResult, untouched: bool) -> None:
 def _stats_program(
     layout: _Layout, thread_ids: Sequence[str]
 ) -> Program[list[tuple[str, ThreadStats]]]:
-    """Counts and newest id from the indexes; bytes from MEMORY USAGE of every key a thread
+    """Counts and newest id from the indexes; bytes from `size_of` every key a thread
     owns (checkpoints, their registries, writes), summed server-side."""
     cp_cmds = _aggregates(layout.checkpoint_index, thread_ids, STATS_LOAD, STATS_STEPS)
     wr_cmds = _aggregates(layout.write_index, thread_ids, KEYS_LOAD, KEYS_STEPS)

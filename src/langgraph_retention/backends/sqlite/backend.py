@@ -46,9 +46,11 @@ SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
        CASE WHEN instr(checkpoint_ns, ':')
             THEN json_extract(CAST(metadata AS TEXT), '$.parents') END,
        CASE WHEN instr(CAST(metadata AS TEXT), 'counters_since_delta_snapshot')
-            THEN json_extract(CAST(metadata AS TEXT), '$.counters_since_delta_snapshot') END
+            THEN json_extract(CAST(metadata AS TEXT), '$.counters_since_delta_snapshot') END,
+       CASE WHEN :tag_path IS NOT NULL AND instr(CAST(metadata AS TEXT), :tag_text)
+            THEN json_extract(CAST(metadata AS TEXT), :tag_path) END
 FROM checkpoints
-WHERE thread_id IN (SELECT value FROM json_each(?))
+WHERE thread_id IN (SELECT value FROM json_each(:threads))
 """
 
 # Checkpoints whose pending writes carry sends (a pre-v4 child reads them when it loads)
@@ -59,20 +61,14 @@ FROM writes
 WHERE thread_id IN (SELECT value FROM json_each(?)) AND channel IN ('{TASKS}', '{INTERRUPT}')
 """
 
-# Only for `max_bytes`: each checkpoint's pending writes' bytes (its inline values and
-# metadata come with the index).
-WRITE_SIZES_SQL = """
-SELECT thread_id, checkpoint_ns, checkpoint_id, sum(length(value))
+# Instead, for `max_bytes`: the same facts and each checkpoint's pending writes' bytes
+# in one pass over the writes (its inline values and metadata come with the index).
+SIZED_WRITES_SQL = f"""
+SELECT thread_id, checkpoint_ns, checkpoint_id, sum(length(value)),
+       max(channel = '{TASKS}'), max(channel = '{INTERRUPT}')
 FROM writes
 WHERE thread_id IN (SELECT value FROM json_each(?))
 GROUP BY thread_id, checkpoint_ns, checkpoint_id
-"""
-
-# Only for `keep_tagged`: the metadata key's value per checkpoint (`?` is a JSON path).
-TAGS_SQL = """
-SELECT thread_id, checkpoint_ns, checkpoint_id, json_extract(CAST(metadata AS TEXT), ?)
-FROM checkpoints
-WHERE thread_id IN (SELECT value FROM json_each(?))
 """
 
 # Thread expiry: each thread's oldest and newest checkpoint over every namespace.
@@ -144,7 +140,7 @@ THREAD_PAGE_SIZE = 1000
 VACUUM_SQL = "VACUUM"
 
 R = TypeVar("R")
-Statement = tuple[str, Sequence[Any]]
+Statement = tuple[str, Sequence[Any] | Mapping[str, Any]]
 Program = Generator[Statement, list[Any], R]
 Loads = Callable[[tuple[str, bytes]], Any]
 
@@ -168,21 +164,31 @@ def _prune_program(
 ) -> Program[list[ThreadResult]]:
     """Read the batch's index, decide each thread, delete (unless dry run), report."""
     ids_json = json.dumps(list(thread_ids))
-    rows = yield INDEX_SQL, (ids_json,)
+    tag = policy.keep_tagged
+    # The key's text test only where its spelling in stored JSON is certain (ASCII).
+    quoted = json.dumps(tag, ensure_ascii=False) if tag is not None else None
+    rows = yield (
+        INDEX_SQL,
+        {
+            "threads": ids_json,
+            "tag_path": f"$.{quoted}" if quoted else None,
+            "tag_text": quoted if quoted and quoted.isascii() else "",
+        },
+    )
     sends: set[tuple[str, str, str]] = set()
     interrupted: set[tuple[str, str, str]] = set()
-    for tid, ns, cid, channel in (yield SPECIAL_WRITES_SQL, (ids_json,)):
-        (sends if channel == TASKS else interrupted).add((tid, ns, cid))
     write_bytes: dict[tuple[str, str, str], int] = {}
-    if policy.max_bytes is not None:
-        for tid, ns, cid, size in (yield WRITE_SIZES_SQL, (ids_json,)):
+    if policy.max_bytes is None:
+        for tid, ns, cid, channel in (yield SPECIAL_WRITES_SQL, (ids_json,)):
+            (sends if channel == TASKS else interrupted).add((tid, ns, cid))
+    else:
+        for tid, ns, cid, size, has_sends, has_interrupt in (yield SIZED_WRITES_SQL, (ids_json,)):
             write_bytes[(tid, ns, cid)] = size or 0
-    tagged: set[tuple[str, str, str]] = set()
-    tag = policy.keep_tagged
-    if tag is not None:
-        for tid, ns, cid, value in (yield TAGS_SQL, (f"$.{json.dumps(tag)}", ids_json)):
-            if _tag_value_is_set(value):
-                tagged.add((tid, ns, cid))
+            if has_sends:
+                sends.add((tid, ns, cid))
+            if has_interrupt:
+                interrupted.add((tid, ns, cid))
+    tagged = {(r[0], r[1], r[2]) for r in rows if tag is not None and _tag_value_is_set(r[7])}
     by_thread: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     for row in rows:
         by_thread[row[0]].append(row)
@@ -208,7 +214,7 @@ def _prune_program(
                 names_by_ns[r[1]].update(json.loads(r[6]))
         entries = []
         sizes: dict[tuple[str, str], int] = {}
-        for _tid, ns, cid, parent, size, parents_json, _counters in trows:
+        for _tid, ns, cid, parent, size, parents_json, _counters, _tag in trows:
             sizes[(ns, cid)] = size
             names = names_by_ns.get(ns)
             needs: frozenset[str] = frozenset()
