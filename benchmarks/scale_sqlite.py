@@ -211,10 +211,10 @@ def query_plans(path: Path) -> None:
             )
         ]
     )
-    statements = {
+    statements: dict[str, tuple[str, Any]] = {
         "FIRST_THREAD_PAGE_SQL": (b.FIRST_THREAD_PAGE_SQL, (100,)),
         "NEXT_THREAD_PAGE_SQL": (b.NEXT_THREAD_PAGE_SQL, (tid, 100)),
-        "INDEX_SQL": (b.INDEX_SQL, (ids,)),
+        "INDEX_SQL": (b.INDEX_SQL, {"threads": ids, "tag_path": None, "tag_text": None}),
         "SPECIAL_WRITES_SQL": (b.SPECIAL_WRITES_SQL, (ids,)),
         "DOOMED_WRITES_SIZE_SQL": (b.DOOMED_WRITES_SIZE_SQL, (tid, "", cids)),
         "DELETE_WRITES_SQL": (b.DELETE_WRITES_SQL, (tid, "", cids)),
