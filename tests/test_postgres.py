@@ -35,6 +35,7 @@ from langgraph_retention import (
 from langgraph_retention.backends.postgres import PostgresUnavailableError
 from langgraph_retention.backends.postgres import backend as pg_backend
 from langgraph_retention.demo import SEED_THREAD_ID, chat
+from langgraph_retention.policy import Expiry
 
 from .graphs import build_agent, build_delta_graph, build_subgraph_graph, config, user_turn
 
@@ -680,3 +681,32 @@ async def test_sync_and_async_savers_make_the_same_decisions(
         asynced.expired,
     )
     assert synced.decisions == asynced.decisions
+
+
+def test_a_thread_written_to_between_the_index_read_and_the_delete_is_reported_kept(
+    postgres_saver: PostgresSaver, postgres_url: str
+) -> None:
+    graph = build_agent(postgres_saver)
+    chat(graph, "t", 2)
+    newest = history_ids(graph, "t")[0]
+    program = pg_backend._prune_program(
+        ["t"], RetentionPolicy(idle_ttl=timedelta(days=30)), False, LATER,
+        expire={"t": Expiry(newest, "idle 40d")},
+    )  # fmt: skip
+
+    with psycopg.connect(postgres_url) as conn, conn.cursor() as cur:
+        statement, params, fetch = next(program)
+        try:
+            while True:
+                cur.execute(statement, params, prepare=False)
+                rows = cur.fetchall() if fetch else []
+                if statement is pg_backend.INDEX_SQL:
+                    chat(graph, "t", 1)  # the user comes back after the index was read
+                statement, params, fetch = program.send(rows)
+        except StopIteration as done:
+            (result,) = done.value
+        conn.commit()
+
+    assert result.expired is None and result.deleted_checkpoints == 0
+    assert result.kept_checkpoints == 10 and "left whole" in result.warnings[0]
+    assert scalar(postgres_url, "SELECT count(*) FROM checkpoints") == 15

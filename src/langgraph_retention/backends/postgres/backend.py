@@ -522,6 +522,7 @@ def _prune_program(
     results: dict[str, ThreadResult] = {}
     doomed: tuple[list[str], list[str], list[str]] = ([], [], [])
     expired: tuple[list[str], list[str]] = ([], [])
+    read_counts: dict[str, int] = {}  # expiring thread -> checkpoints the decision read
     by_thread = _entries(rows, delta, facts)
     expiries = expire or {}
     for tid in threads:
@@ -537,6 +538,7 @@ def _prune_program(
         if result.expired is not None and expiry is not None:
             expired[0].append(tid)
             expired[1].append(expiry.newest_id)
+            read_counts[tid] = len(by_thread.get(tid, ()))
             continue
         for ns, ids in plan.delete.items():
             doomed[0].extend([tid] * len(ids))
@@ -563,7 +565,7 @@ def _prune_program(
             "expired_newest": _text_array(expired[1]),
         }
         gone = yield (DRY_RUN_THREADS_SQL if dry_run else DELETE_THREADS_SQL), params, True
-        _written_since(results, expired[0], gone)
+        _written_since(results, read_counts, gone)
         totals += gone
     for kind, tid, n, size in totals:
         result = results[tid]
@@ -577,15 +579,17 @@ def _prune_program(
     return [results[tid] for tid in threads]
 
 
-def _written_since(results: Mapping[str, ThreadResult], expired: Sequence[str], gone: Rows) -> None:
+def _written_since(
+    results: Mapping[str, ThreadResult], read_counts: Mapping[str, int], gone: Rows
+) -> None:
     """Expired threads the deleting statement left whole (a run wrote a newer checkpoint
-    since the decision): not expired after all, nothing deleted."""
+    since the decision): not expired after all, nothing deleted, every checkpoint kept."""
     deleted = {row[1] for row in gone if row[0] == "checkpoints"}
-    for tid in expired:
+    for tid, count in read_counts.items():
         if tid not in deleted:
             result = results[tid]
             result.expired = None
-            result.kept_checkpoints = 0
+            result.kept_checkpoints = count
             result.decisions = None
             result.warnings.append(
                 f"thread {tid!r} was written to since it expired; it was left whole"

@@ -874,6 +874,7 @@ def _prune_program(
 def _written_since(result: ThreadResult, untouched: bool) -> None:
     """An expired thread a run wrote to after the decision: the script refused it."""
     if untouched:
+        result.kept_checkpoints += result.deleted_checkpoints  # every one it read stays
         result.deleted_checkpoints = result.deleted_writes = result.bytes_freed = 0
         result.expired, result.decisions = None, None
         result.warnings.append(
