@@ -151,6 +151,21 @@ def test_interrupted_checkpoints_are_kept_and_the_thread_resumes(sync_saver: Any
     assert graph.get_state(config("t")).values["log"][-2:] == ["review:no", "published"]
 
 
+def test_interrupted_checkpoints_are_found_when_the_policy_also_sizes_them(
+    sync_saver: Any,
+) -> None:
+    graph = build_interrupt_graph(sync_saver)
+    graph.invoke({"log": ["go"]}, config("t"))
+    graph.invoke(resume("yes"), config("t"))
+    graph.invoke({"log": ["again"]}, config("t"))
+    capped = RetentionPolicy(keep_last=1, keep_interrupted=True, max_bytes=2**30)
+
+    report = prune_thread(sync_saver, "t", capped, explain=True)
+
+    interrupted = [d for d in report.decisions["t"] if "interrupted" in d.reasons]
+    assert len(interrupted) == 2 and all(d.kept for d in interrupted)
+
+
 def skip_if_config_metadata_is_dropped(saver: Any) -> None:
     """langgraph-checkpoint-redis does not store `config["metadata"]` in checkpoints
     (pinned by tests/test_redis.py); apps pin there through the checkpoint's own metadata."""

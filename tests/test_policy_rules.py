@@ -88,6 +88,17 @@ def test_keep_daily_counts_days_in_the_policy_time_zone() -> None:
     assert len(in_utc.keep[""]) == 2 and len(in_shanghai.keep[""]) == 1
 
 
+def test_keep_hourly_follows_a_local_clock_set_off_the_quarter_hour() -> None:
+    # Liberia kept UTC-0:44:30 until 1972: 10:40 and 10:44:45 UTC are 09:55:30 and
+    # 10:00:15 there, two local hours inside one UTC quarter hour.
+    times = [datetime(1960, 5, 3, 10, 40, tzinfo=UTC), datetime(1960, 5, 3, 10, 44, 45, tzinfo=UTC)]
+    entries = history(times)
+    policy = RetentionPolicy(keep_last=1, keep_hourly=2, timezone="Africa/Monrovia")
+
+    assert kept(entries, policy) == [0, 1]
+    assert kept(entries, RetentionPolicy(keep_last=1, keep_hourly=2)) == [1]
+
+
 @pytest.mark.parametrize(
     ("rule", "step", "expected"),
     [
@@ -318,7 +329,9 @@ policies = st.builds(
     keep_first=st.booleans(),
     keep_interrupted=st.booleans(),
     keep_tagged=st.sampled_from([None, "pin"]),
-    timezone=st.sampled_from(["UTC", "Asia/Shanghai", "America/New_York"]),
+    timezone=st.sampled_from(
+        ["UTC", "Asia/Shanghai", "America/New_York", "Asia/Kathmandu", "Australia/Lord_Howe"]
+    ),
 )
 
 

@@ -654,12 +654,15 @@ def test_checkpoint_sizes_add_up_to_the_thread_bytes(
 ) -> None:
     chat(build_agent(postgres_saver), "t", 3)
 
-    sizes = sql(postgres_url, pg_backend.SIZES_SQL, {"threads": ["t"]})
+    index = sql(postgres_url, pg_backend.FACTS_INDEX_SQL, {"threads": ["t"], "tag": None})
+    others = sql(postgres_url, pg_backend.SIZES_SQL, {"threads": ["t"]})
 
-    assert {(ns, cid) for _tid, ns, cid, _size in sizes} == {
+    assert {(row[1], row[2]) for row in index} == {
         ("", cid) for cid in history_ids(build_agent(postgres_saver), "t")
     }
-    assert sum(size for *_key, size in sizes) == stats(postgres_saver).threads["t"].bytes
+    assert {(ns, cid) for _tid, ns, cid, _size in others} <= {(row[1], row[2]) for row in index}
+    rows = sum(row[7] for row in index)
+    assert rows + sum(size for *_key, size in others) == (stats(postgres_saver).threads["t"].bytes)
 
 
 async def test_sync_and_async_savers_make_the_same_decisions(

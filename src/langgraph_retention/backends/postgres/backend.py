@@ -87,8 +87,8 @@ SETTINGS_SQL = (
 # The index, one row per checkpoint. `parents` only matters in subgraph call namespaces;
 # the delta channel names come from the counters LangGraph keeps in metadata; a pre-v4
 # checkpoint reads its parent's pending sends, so that parent must stay with it.
-INDEX_SQL = f"""
-SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id,
+_INDEX_COLUMNS = f"""
+       c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id,
        CASE WHEN strpos(c.checkpoint_ns, ':') > 0 THEN c.metadata -> 'parents' END,
        CASE WHEN jsonb_typeof(c.metadata -> 'counters_since_delta_snapshot') = 'object'
             THEN ARRAY(SELECT jsonb_object_keys(c.metadata -> 'counters_since_delta_snapshot'))
@@ -99,7 +99,23 @@ SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id,
                 WHERE w.thread_id = c.thread_id AND w.checkpoint_ns = c.checkpoint_ns
                   AND w.checkpoint_id = c.parent_checkpoint_id AND w.channel = '{TASKS}')
             ELSE false
-       END
+       END"""
+
+INDEX_SQL = f"""
+SELECT {_INDEX_COLUMNS}
+FROM checkpoints c
+WHERE c.thread_id = ANY(%(threads)s::text[])
+"""
+
+# The index with the facts of the checkpoint rows themselves, for the richer rules: each
+# one's row bytes (`max_bytes`) and whether its metadata sets the tag to anything but a
+# falsy JSON value (`keep_tagged`; a NULL tag sets nothing). Free in the same pass.
+FACTS_INDEX_SQL = f"""
+SELECT {_INDEX_COLUMNS},
+       pg_column_size(c.checkpoint) + pg_column_size(c.metadata),
+       coalesce(c.metadata ? %(tag)s::text
+                AND c.metadata -> %(tag)s::text NOT IN ('null', 'false', '0', '""', '[]', '{{}}'),
+                false)
 FROM checkpoints c
 WHERE c.thread_id = ANY(%(threads)s::text[])
 """
@@ -124,7 +140,7 @@ WHERE c.thread_id = ANY(%(threads)s::text[])
 GROUP BY c.thread_id, c.checkpoint_ns, c.checkpoint_id
 """
 
-# -- the facts richer rules need, read only when the policy asks for them -------------
+# -- the facts in the writes and blobs, read only when the policy uses them ---------------
 
 # `keep_interrupted`: checkpoints with a pending interrupt write (the graph asked a human).
 INTERRUPTS_SQL = f"""
@@ -132,32 +148,25 @@ SELECT DISTINCT thread_id, checkpoint_ns, checkpoint_id FROM checkpoint_writes
 WHERE thread_id = ANY(%(threads)s::text[]) AND channel = '{INTERRUPT}'
 """
 
-# `keep_tagged`: checkpoints whose metadata sets the key to anything but a falsy JSON value.
-TAGGED_SQL = """
-SELECT thread_id, checkpoint_ns, checkpoint_id FROM checkpoints
-WHERE thread_id = ANY(%(threads)s::text[]) AND metadata ? %(tag)s
-  AND metadata -> %(tag)s NOT IN ('null', 'false', '0', '""', '[]', '{}')
-"""
-
-# `max_bytes`, first: each thread's on-disk bytes. Only a thread over the cap needs its
-# checkpoints sized (below it, whatever stays fits), which spares most batches the
-# expansion of every checkpoint's channel versions.
-THREAD_BYTES_SQL = """
-SELECT thread_id, sum(size) FROM (
-    SELECT thread_id, pg_column_size(checkpoint) + pg_column_size(metadata) AS size
-    FROM checkpoints WHERE thread_id = ANY(%(threads)s::text[])
-    UNION ALL
-    SELECT thread_id, pg_column_size(blob) FROM checkpoint_writes
-    WHERE thread_id = ANY(%(threads)s::text[])
-    UNION ALL
-    SELECT thread_id, coalesce(pg_column_size(blob), 0) FROM checkpoint_blobs
-    WHERE thread_id = ANY(%(threads)s::text[])
-) AS owned
+# `max_bytes`, first: each thread's bytes in writes and blobs (with the row bytes of the
+# index, its on-disk total), and in the same scan of the writes its interrupted
+# checkpoints (two parallel arrays). Only a thread over the cap needs its checkpoints
+# sized (below it, whatever stays fits), which spares most batches the expansion of
+# every checkpoint's channel versions.
+THREAD_BYTES_SQL = f"""
+SELECT thread_id, sum(pg_column_size(blob)),
+       array_agg(checkpoint_ns) FILTER (WHERE channel = '{INTERRUPT}'),
+       array_agg(checkpoint_id) FILTER (WHERE channel = '{INTERRUPT}')
+FROM checkpoint_writes WHERE thread_id = ANY(%(threads)s::text[])
+GROUP BY thread_id
+UNION ALL
+SELECT thread_id, coalesce(sum(pg_column_size(blob)), 0), NULL, NULL FROM checkpoint_blobs
+WHERE thread_id = ANY(%(threads)s::text[])
 GROUP BY thread_id
 """
 
-# `max_bytes`, then, for threads over the cap: each checkpoint's on-disk bytes: its row,
-# its writes, and the blobs it is the newest checkpoint to reference (deleting it and
+# `max_bytes`, then, for threads over the cap: the bytes each checkpoint holds besides its
+# row: its writes, and the blobs it is the newest checkpoint to reference (deleting it and
 # everything older frees them).
 SIZES_SQL = """
 WITH refs AS (
@@ -169,10 +178,6 @@ WITH refs AS (
       AND c.checkpoint -> 'channel_versions' ? v.key
     GROUP BY 1, 2, 3, 4
 )
-SELECT thread_id, checkpoint_ns, checkpoint_id,
-       pg_column_size(checkpoint) + pg_column_size(metadata)
-FROM checkpoints WHERE thread_id = ANY(%(threads)s::text[])
-UNION ALL
 SELECT thread_id, checkpoint_ns, checkpoint_id, sum(pg_column_size(blob))
 FROM checkpoint_writes WHERE thread_id = ANY(%(threads)s::text[])
 GROUP BY 1, 2, 3
@@ -430,65 +435,81 @@ def _text_array(values: Sequence[str]) -> str:
 # -- programs: the decisions, shared by both drivers ------------------------------------
 
 
+def _needs_facts(policy: RetentionPolicy) -> bool:
+    """Whether the policy reads sizes or tags (FACTS_INDEX_SQL's columns)."""
+    return policy.keep_tagged is not None or policy.max_bytes is not None
+
+
 @dataclass
 class _Facts:
-    """What the richer rules read besides the index (empty when the policy needs none)."""
+    """What the richer rules read in the writes and blobs (empty when none needs them)."""
 
-    tag: str | None = None
-    tagged: set[Key] = field(default_factory=set)
     interrupted: set[Key] = field(default_factory=set)
-    sizes: dict[Key, int] = field(default_factory=dict)
+    sizes: dict[Key, int] = field(default_factory=dict)  # besides the row's own bytes
 
 
-def _facts_program(threads: str, policy: RetentionPolicy) -> Program[_Facts]:
-    """Read sizes, tags and interrupts for the batch, each only if the policy uses it."""
-    facts = _Facts(tag=policy.keep_tagged)
-    if policy.keep_interrupted:
-        rows = yield INTERRUPTS_SQL, {"threads": threads}, True
-        facts.interrupted = {(r[0], r[1], r[2]) for r in rows}
-    if policy.keep_tagged is not None:
-        rows = yield TAGGED_SQL, {"threads": threads, "tag": policy.keep_tagged}, True
-        facts.tagged = {(r[0], r[1], r[2]) for r in rows}
-    if policy.max_bytes is not None:
-        totals = yield THREAD_BYTES_SQL, {"threads": threads}, True
-        over = [tid for tid, size in totals if int(size or 0) > policy.max_bytes]
+def _facts_program(rows: Rows, threads: str, policy: RetentionPolicy) -> Program[_Facts]:
+    """Interrupts and sizes for the batch, each only if the policy uses it; checkpoints
+    are sized only in threads over `max_bytes` (FACTS_INDEX_SQL `rows` size the rows)."""
+    facts = _Facts()
+    if policy.max_bytes is None:
+        if policy.keep_interrupted:
+            found = yield INTERRUPTS_SQL, {"threads": threads}, True
+            facts.interrupted = {(tid, ns, cid) for tid, ns, cid in found}
+        return facts
+    totals: dict[str, int] = defaultdict(int)
+    for row in rows:
+        totals[row[0]] += row[7]
+    for tid, size, interrupted_ns, interrupted_ids in (
+        yield THREAD_BYTES_SQL, {"threads": threads}, True
+    ):
+        totals[tid] += int(size or 0)
+        if interrupted_ids:
+            facts.interrupted.update(
+                zip([tid] * len(interrupted_ids), interrupted_ns, interrupted_ids, strict=True)
+            )
+    if over := [tid for tid, size in totals.items() if size > policy.max_bytes]:
         sizes: dict[Key, int] = defaultdict(int)
-        if over:
-            for tid, ns, cid, size in (yield SIZES_SQL, {"threads": _text_array(over)}, True):
-                sizes[(tid, ns, cid)] += int(size or 0)
+        for tid, ns, cid, size in (yield SIZES_SQL, {"threads": _text_array(over)}, True):
+            sizes[(tid, ns, cid)] += int(size or 0)
         facts.sizes = sizes
     return facts
 
 
 def _entries(
-    rows: Rows, delta: DeltaFacts | None, facts: _Facts
+    rows: Rows, delta: DeltaFacts | None, tag: str | None, facts: _Facts
 ) -> dict[str, list[CheckpointEntry]]:
-    """Each thread's index (INDEX_SQL rows) as `CheckpointEntry`s, DeltaChannel needs
-    resolved from DELTA_SQL's facts (None: no thread of the batch uses a DeltaChannel)."""
+    """Each thread's index (INDEX_SQL or FACTS_INDEX_SQL rows) as `CheckpointEntry`s,
+    DeltaChannel needs resolved from DELTA_SQL's facts (None: no thread of the batch uses
+    a DeltaChannel), interrupts and sizes from `facts`."""
     names_by_ns: dict[tuple[str, str], set[str]] = {}
     found = delta if delta is not None else {}
     if delta is not None:
-        for tid, ns, _cid, _parent, _parents, names, _sends in rows:
-            if names:
-                names_by_ns.setdefault((tid, ns), set()).update(names)
-    tags = frozenset({facts.tag}) if facts.tag is not None else frozenset()
-    rich = bool(facts.tagged or facts.interrupted or facts.sizes)
+        for row in rows:
+            if row[5]:
+                names_by_ns.setdefault((row[0], row[1]), set()).update(row[5])
+    tags = frozenset({tag}) if tag is not None else frozenset()
+    no_tags: frozenset[str] = frozenset()
+    interrupted, sizes = facts.interrupted, facts.sizes
     by_thread: dict[str, list[CheckpointEntry]] = defaultdict(list)
-    for tid, ns, cid, parent, parents, _names, sends in rows:
+    for row in rows:
+        tid, ns, cid, parent, parents, _names, sends = row[:7]
         needs = _NO_NEEDS
         if names_by_ns and (channels := names_by_ns.get((tid, ns))):
             # Gone since the index was read (a concurrent prune): take it as needing
             # every channel, which can only keep more.
             versioned, stored = found.get((tid, ns, cid), (list(channels), []))
             needs = delta_needs(channels, versioned, stored)
-        entry = CheckpointEntry(ns, cid, parent, parents or _NO_PARENTS, needs, sends)
-        if rich:
+        if len(row) == 7 and not interrupted:
+            entry = CheckpointEntry(ns, cid, parent, parents or _NO_PARENTS, needs, sends)
+        else:
             key = (tid, ns, cid)
-            entry = entry._replace(
-                size=facts.sizes.get(key, 0),
-                tags=tags if key in facts.tagged else frozenset(),
-                interrupted=key in facts.interrupted,
-            )
+            entry = CheckpointEntry(
+                ns, cid, parent, parents or _NO_PARENTS, needs, sends,
+                row[7] + sizes.get(key, 0) if sizes else (row[7] if len(row) > 7 else 0),
+                tags if len(row) > 7 and row[8] else no_tags,
+                key in interrupted,
+            )  # fmt: skip
         by_thread[tid].append(entry)
     return by_thread
 
@@ -506,7 +527,11 @@ def _prune_program(
     yield ISOLATION_SQL, {}, False
     yield SETTINGS_SQL, {}, False
     threads_param = _text_array(threads)
-    rows = yield INDEX_SQL, {"threads": threads_param}, True
+    if _needs_facts(policy):
+        params = {"threads": threads_param, "tag": policy.keep_tagged}
+        rows = yield FACTS_INDEX_SQL, params, True
+    else:
+        rows = yield INDEX_SQL, {"threads": threads_param}, True
 
     delta: dict[tuple[str, str, str], tuple[list[str], list[str]]] | None = None
     if channels := sorted({name for r in rows if r[5] for name in r[5]}):
@@ -517,13 +542,13 @@ def _prune_program(
         }
         for tid, ns, cid, versioned, stored in (yield DELTA_SQL, params, True):
             delta[(tid, ns, cid)] = (versioned, stored)
-    facts = yield from _facts_program(threads_param, policy)
+    facts = yield from _facts_program(rows, threads_param, policy)
 
     results: dict[str, ThreadResult] = {}
     doomed: tuple[list[str], list[str], list[str]] = ([], [], [])
     expired: tuple[list[str], list[str]] = ([], [])
     read_counts: dict[str, int] = {}  # expiring thread -> checkpoints the decision read
-    by_thread = _entries(rows, delta, facts)
+    by_thread = _entries(rows, delta, policy.keep_tagged, facts)
     expiries = expire or {}
     for tid in threads:
         expiry = expiries.get(tid)
