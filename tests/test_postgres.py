@@ -32,6 +32,7 @@ from langgraph_retention import (
     stats,
     sweep,
 )
+from langgraph_retention.backends.base import Expire, ExpiryRule
 from langgraph_retention.backends.postgres import PostgresUnavailableError
 from langgraph_retention.backends.postgres import backend as pg_backend
 from langgraph_retention.demo import SEED_THREAD_ID, chat
@@ -686,16 +687,17 @@ async def test_sync_and_async_savers_make_the_same_decisions(
     assert synced.decisions == asynced.decisions
 
 
+@pytest.mark.parametrize("decided", ["by the engine", "on the index read"])
 def test_a_thread_written_to_between_the_index_read_and_the_delete_is_reported_kept(
-    postgres_saver: PostgresSaver, postgres_url: str
+    postgres_saver: PostgresSaver, postgres_url: str, decided: str
 ) -> None:
     graph = build_agent(postgres_saver)
     chat(graph, "t", 2)
     newest = history_ids(graph, "t")[0]
-    program = pg_backend._prune_program(
-        ["t"], RetentionPolicy(idle_ttl=timedelta(days=30)), False, LATER,
-        expire={"t": Expiry(newest, "idle 40d")},
-    )  # fmt: skip
+    policy = RetentionPolicy(idle_ttl=timedelta(days=30))
+    by_engine: Expire = {"t": Expiry(newest, "idle 40d")}
+    expire = by_engine if decided == "by the engine" else ExpiryRule(policy, LATER)
+    program = pg_backend._prune_program(["t"], policy, False, LATER, expire=expire)
 
     with psycopg.connect(postgres_url) as conn, conn.cursor() as cur:
         statement, params, fetch = next(program)

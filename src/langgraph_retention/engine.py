@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from langgraph_retention import metrics
 from langgraph_retention.backends import Backend, resolve_backend
-from langgraph_retention.backends.base import Span
+from langgraph_retention.backends.base import Expire, ExpiryRule, Span
 from langgraph_retention.errors import SweepLockHeld, UsageError
 from langgraph_retention.lock import SweepLock
 from langgraph_retention.policy import Expiry, RetentionPolicy, thread_expiry
@@ -243,9 +243,11 @@ def _prune_batch(
     backend: Backend, ids: Sequence[str], policy: RetentionPolicy, run: _Pass
 ) -> list[ThreadResult]:
     """Prune threads sharing one policy (whole threads gone where they expired)."""
-    expire: dict[str, Expiry] = {}
+    expire: Expire = {}
     results: list[ThreadResult] = []
-    if policy.expires_threads:
+    if policy.expires_threads and run.approve is None:
+        expire = ExpiryRule(policy, run.now)  # decided on the index the prune reads
+    elif policy.expires_threads:
         if backend.is_async:
             spans = _on_loop(backend, lambda: backend.athread_spans(ids))
         else:
@@ -268,9 +270,11 @@ async def _aprune_batch(
     backend: Backend, ids: Sequence[str], policy: RetentionPolicy, run: _Pass
 ) -> list[ThreadResult]:
     """`_prune_batch` on asyncio."""
-    expire: dict[str, Expiry] = {}
+    expire: Expire = {}
     results: list[ThreadResult] = []
-    if policy.expires_threads:
+    if policy.expires_threads and run.approve is None:
+        expire = ExpiryRule(policy, run.now)
+    elif policy.expires_threads:
         if backend.is_async:
             spans = await backend.athread_spans(ids)
         else:

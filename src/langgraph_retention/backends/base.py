@@ -13,7 +13,7 @@ import heapq
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple, TypeAlias
 
 from langgraph_retention.errors import RetentionError
 from langgraph_retention.lock import ProcessSweepLock, SweepLock
@@ -24,13 +24,44 @@ from langgraph_retention.policy import (
     ThreadPlan,
     expire_plan,
     plan_thread,
+    thread_expiry,
 )
 from langgraph_retention.report import Decision, ThreadResult, ThreadStats
 
-__all__ = ["Backend", "Span", "decide", "gc_paused", "not_yet"]
+__all__ = ["Backend", "Expire", "ExpiryRule", "Span", "decide", "gc_paused", "not_yet"]
 
 #: A thread's oldest and newest checkpoint ids, over every namespace.
 Span = tuple[str, str]
+
+
+class ExpiryRule(NamedTuple):
+    """Expire the threads `policy` expires at `now`, each decided on the index the prune
+    reads anyway (its oldest and newest ids): for passes with no `on_before_delete` hook
+    to ask first, which need no separate read of every thread's span."""
+
+    policy: RetentionPolicy
+    now: datetime
+
+
+#: Which threads a prune deletes whole: decided already (thread id -> `Expiry`, after the
+#: hook answered), or by rule on the index the prune reads.
+Expire: TypeAlias = Mapping[str, Expiry] | ExpiryRule
+
+
+def expiry_of(
+    expire: Expire | None, thread_id: str, entries: Sequence[CheckpointEntry]
+) -> Expiry | None:
+    """The thread's expiry under `expire`, if any."""
+    if expire is None:
+        return None
+    if not isinstance(expire, ExpiryRule):
+        return expire.get(thread_id)
+    if not entries:
+        return None
+    ids = [e.checkpoint_id for e in entries]
+    newest = max(ids)
+    reason = thread_expiry(min(ids), newest, expire.policy, expire.now)
+    return Expiry(newest, reason) if reason is not None else None
 
 
 def decide(
@@ -40,11 +71,13 @@ def decide(
     *,
     now: datetime,
     explain: bool = False,
-    expiry: Expiry | None = None,
+    expire: Expire | None = None,
 ) -> tuple[ThreadPlan, ThreadResult]:
     """One thread's plan and the result a backend fills in as it deletes: the whole
-    thread when `expiry` still holds (its newest checkpoint unchanged), else the policy's
-    plan. Raises `RetentionError` when the policy must refuse the thread."""
+    thread when it expires under `expire` and its newest checkpoint is still the one the
+    expiry saw, else the policy's plan. Raises `RetentionError` when the policy must
+    refuse the thread."""
+    expiry = expiry_of(expire, thread_id, entries)
     plan = expire_plan(entries, expiry, explain=explain) if expiry is not None else None
     expired = expiry.reason if plan is not None and expiry is not None else None
     if plan is None:
@@ -63,7 +96,7 @@ def decide(
     return plan, result
 
 
-def not_yet(explain: bool, expire: Mapping[str, Expiry] | None) -> None:
+def not_yet(explain: bool, expire: Expire | None) -> None:
     """Refuse explanations and thread expiry where a backend does not do them yet."""
     if explain or expire:
         raise RetentionError("explain and idle_ttl/max_age are not supported on this store yet")
@@ -116,11 +149,11 @@ class Backend:
         dry_run: bool,
         now: datetime,
         explain: bool = False,
-        expire: Mapping[str, Expiry] | None = None,
+        expire: Expire | None = None,
     ) -> list[ThreadResult]:
         """Prune several threads, each decided on its own index (`decide`); one result per
-        id. Threads in `expire` go whole if their newest checkpoint is still the one the
-        expiry names, read in the deleting transaction."""
+        id. Threads `expire` expires go whole if their newest checkpoint is still the one
+        the expiry names, read in the deleting transaction."""
         raise NotImplementedError
 
     def thread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
@@ -165,7 +198,7 @@ class Backend:
         dry_run: bool,
         now: datetime,
         explain: bool = False,
-        expire: Mapping[str, Expiry] | None = None,
+        expire: Expire | None = None,
     ) -> list[ThreadResult]:
         raise NotImplementedError
 

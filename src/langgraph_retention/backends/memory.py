@@ -13,14 +13,13 @@ from langgraph.checkpoint.serde.types import INTERRUPT, TASKS
 from langgraph_retention.errors import RetentionError
 from langgraph_retention.policy import (
     CheckpointEntry,
-    Expiry,
     RetentionPolicy,
     checkpoint_time,
     delta_needs,
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from .base import Backend, Span, decide
+from .base import Backend, Expire, Span, decide
 
 __all__ = ["MemoryBackend"]
 
@@ -127,11 +126,11 @@ class MemoryBackend(Backend):
         dry_run: bool,
         now: datetime,
         explain: bool,
-        expiry: Expiry | None,
+        expire: Expire | None,
     ) -> ThreadResult:
         saver = self.saver
         entries, bodies = self._index(thread_id, policy.keep_tagged)
-        plan, result = decide(thread_id, entries, policy, now=now, explain=explain, expiry=expiry)
+        plan, result = decide(thread_id, entries, policy, now=now, explain=explain, expire=expire)
         namespaces = saver.storage.get(thread_id, {})
         for ns, doomed in plan.delete.items():
             checkpoints = namespaces.get(ns, {})
@@ -182,15 +181,12 @@ class MemoryBackend(Backend):
         dry_run: bool,
         now: datetime,
         explain: bool = False,
-        expire: Mapping[str, Expiry] | None = None,
+        expire: Expire | None = None,
     ) -> list[ThreadResult]:
         results = []
-        expiries = expire or {}
         for tid in thread_ids:
             try:
-                results.append(
-                    self._prune_one(tid, policy, dry_run, now, explain, expiries.get(tid))
-                )
+                results.append(self._prune_one(tid, policy, dry_run, now, explain, expire))
             except RetentionError as exc:
                 results.append(ThreadResult(tid, error=str(exc)))
         return results
@@ -254,7 +250,7 @@ class MemoryBackend(Backend):
         dry_run: bool,
         now: datetime,
         explain: bool = False,
-        expire: Mapping[str, Expiry] | None = None,
+        expire: Expire | None = None,
     ) -> list[ThreadResult]:
         return self.prune_batch(
             thread_ids, policy, dry_run=dry_run, now=now, explain=explain, expire=expire

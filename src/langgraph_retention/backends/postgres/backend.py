@@ -47,14 +47,13 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from langgraph_retention.errors import RetentionError, StoreUnavailableError
 from langgraph_retention.policy import (
     CheckpointEntry,
-    Expiry,
     RetentionPolicy,
     checkpoint_time,
     delta_needs,
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from ..base import Backend, Span, decide, gc_paused
+from ..base import Backend, Expire, Span, decide, gc_paused
 from .connection import server_name
 from .lock import PostgresSweepLock
 from .schema import missing_relation, missing_tables_program, not_ready
@@ -520,7 +519,7 @@ def _prune_program(
     dry_run: bool,
     now: datetime,
     explain: bool = False,
-    expire: Mapping[str, Expiry] | None = None,
+    expire: Expire | None = None,
 ) -> Program[list[ThreadResult]]:
     """Read the batch's index, decide each thread, delete (or count, in a dry run), report."""
     threads = list(thread_ids)
@@ -549,21 +548,18 @@ def _prune_program(
     expired: tuple[list[str], list[str]] = ([], [])
     read_counts: dict[str, int] = {}  # expiring thread -> checkpoints the decision read
     by_thread = _entries(rows, delta, policy.keep_tagged, facts)
-    expiries = expire or {}
     for tid in threads:
-        expiry = expiries.get(tid)
+        entries = by_thread.get(tid, [])
         try:
-            plan, result = decide(
-                tid, by_thread.get(tid, ()), policy, now=now, explain=explain, expiry=expiry
-            )
+            plan, result = decide(tid, entries, policy, now=now, explain=explain, expire=expire)
         except RetentionError as exc:
             results[tid] = ThreadResult(tid, error=str(exc))
             continue
         results[tid] = result
-        if result.expired is not None and expiry is not None:
+        if result.expired is not None:  # the decision saw `entries` whole: their newest
             expired[0].append(tid)
-            expired[1].append(expiry.newest_id)
-            read_counts[tid] = len(by_thread.get(tid, ()))
+            expired[1].append(max(e.checkpoint_id for e in entries))
+            read_counts[tid] = len(entries)
             continue
         for ns, ids in plan.delete.items():
             doomed[0].extend([tid] * len(ids))
@@ -767,7 +763,7 @@ class PostgresBackend(Backend):
         dry_run: bool,
         now: datetime,
         explain: bool = False,
-        expire: Mapping[str, Expiry] | None = None,
+        expire: Expire | None = None,
     ) -> list[ThreadResult]:
         return self._exec(
             lambda: _prune_program(thread_ids, policy, dry_run, now, explain, expire), write=True
@@ -852,7 +848,7 @@ class AsyncPostgresBackend(Backend):
         dry_run: bool,
         now: datetime,
         explain: bool = False,
-        expire: Mapping[str, Expiry] | None = None,
+        expire: Expire | None = None,
     ) -> list[ThreadResult]:
         return await self._aexec(
             lambda: _prune_program(thread_ids, policy, dry_run, now, explain, expire), write=True

@@ -27,7 +27,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -44,14 +44,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from langgraph_retention.errors import DeltaChannelError, RetentionError, StoreUnavailableError
 from langgraph_retention.policy import (
     CheckpointEntry,
-    Expiry,
     RetentionPolicy,
+    ThreadPlan,
     checkpoint_time,
     delta_needs,
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from ..base import Backend, Span, decide, gc_paused
+from ..base import Backend, Expire, Span, decide, gc_paused
 from .lock import RedisSweepLock, lock_key
 from .schema import indexes_program, not_ready
 
@@ -569,7 +569,6 @@ def _entries(
     names: dict[str, set[str]],
     channels: dict[str, tuple[set[str], set[str]]],
     tag: str | None = None,
-    sizes: _Sizes | None = None,
     tagged: set[str] | None = None,
 ) -> list[CheckpointEntry]:
     entries = []
@@ -599,7 +598,6 @@ def _entries(
                 parents=parents if isinstance(parents, dict) else {},
                 delta_needs=needs,
                 sends_parent=old_format and (d.ns, d.parent or "") in thread.sends_at,
-                size=sizes.by_checkpoint.get(d.key, 0) if sizes else 0,
                 tags=tags if tagged and d.key in tagged else frozenset(),
                 interrupted=(d.ns, d.cid) in thread.interrupted_at,
             )
@@ -664,11 +662,13 @@ class _Sizes:
     by_checkpoint: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
-def _read_sizes(layout: _Layout, threads: Mapping[str, _Thread]) -> Program[_Sizes]:
+def _read_sizes(layout: _Layout, docs: Sequence[tuple[_Thread, Sequence[_Doc]]]) -> Program[_Sizes]:
+    """`size_of` the keys of each (thread, its checkpoints to size), in Lua calls of at
+    most `LUA_KEYS` keys."""
     owners: list[str] = []
     keys: list[str] = []
-    for thread in threads.values():
-        for d in thread.docs:
+    for thread, thread_docs in docs:
+        for d in thread_docs:
             for key in (d.key, layout.registry_key(d.key), *thread.writes.get((d.ns, d.cid), [])):
                 owners.append(d.key)
                 keys.append(key)
@@ -682,6 +682,28 @@ def _read_sizes(layout: _Layout, threads: Mapping[str, _Thread]) -> Program[_Siz
             sizes.by_key[key] = size
             sizes.by_checkpoint[owner] += size
     return sizes
+
+
+def _kept_docs(
+    threads: Mapping[str, _Thread],
+    decided: Mapping[str, tuple[ThreadPlan, ThreadResult, list[CheckpointEntry]]],
+) -> dict[str, tuple[_Thread, list[_Doc]]]:
+    """Each decided thread and its kept checkpoints (an expired thread keeps none)."""
+    out: dict[str, tuple[_Thread, list[_Doc]]] = {}
+    for tid, (plan, result, _entries) in decided.items():
+        if result.expired is None:
+            kept = {(ns, cid) for ns, ids in plan.keep.items() for cid in ids}
+            out[tid] = (threads[tid], [d for d in threads[tid].docs if (d.ns, d.cid) in kept])
+    return out
+
+
+def _sized(entries: list[CheckpointEntry], thread: _Thread, sizes: _Sizes) -> list[CheckpointEntry]:
+    """`entries` with the bytes measured for their checkpoints (0 where not sized)."""
+    keys = {(d.ns, d.cid): d.key for d in thread.docs}
+    measured = sizes.by_checkpoint
+    return [
+        e._replace(size=measured.get(keys[(e.checkpoint_ns, e.checkpoint_id)], 0)) for e in entries
+    ]
 
 
 def _spans_program(layout: _Layout, thread_ids: Sequence[str]) -> Program[dict[str, Span]]:
@@ -776,33 +798,51 @@ def _prune_program(
     dry_run: bool,
     now: datetime,
     explain: bool = False,
-    expire: Mapping[str, Expiry] | None = None,
+    expire: Expire | None = None,
 ) -> Program[list[ThreadResult]]:
     """Read the batch's index, decide each thread, size and delete (unless dry run), report."""
     threads = yield from _read_overview(layout, thread_ids)
     yield from _read_details(layout, threads)
     names_by_thread, channels = yield from _read_stored_channels(threads)
     tagged = yield from _read_marks(layout, threads, policy)
-    sizes = (yield from _read_sizes(layout, threads)) if policy.max_bytes is not None else None
 
+    # Decide without the byte cap first; only a thread whose kept checkpoints are over it
+    # is decided again with sizes. Withdrawing keeps a subset of what the first decision
+    # kept, so sizing those checkpoints (not every key of the store) is enough for both.
+    uncapped = replace(policy, max_bytes=None) if policy.max_bytes is not None else policy
     results: list[ThreadResult] = []
-    doomed_by_thread: dict[str, list[_Doc]] = {}
-    pointers: dict[str, list[str]] = {}
-    expiring: dict[str, _Thread] = {}
-    expiries = expire or {}
+    decided: dict[str, tuple[ThreadPlan, ThreadResult, list[CheckpointEntry]]] = {}
+    position: dict[str, int] = {}
     for tid in thread_ids:
-        thread = threads.get(tid) or _Thread(stored_id=to_storage_safe_id(tid))
+        thread = threads.setdefault(tid, _Thread(stored_id=to_storage_safe_id(tid)))
         try:
             entries = _entries(
-                thread, names_by_thread.get(tid, {}), channels, policy.keep_tagged, sizes, tagged
+                thread, names_by_thread.get(tid, {}), channels, policy.keep_tagged, tagged
             )
-            plan, result = decide(
-                tid, entries, policy, now=now, explain=explain, expiry=expiries.get(tid)
-            )
+            plan, result = decide(tid, entries, uncapped, now=now, explain=explain, expire=expire)
         except RetentionError as exc:
             results.append(ThreadResult(tid, error=str(exc)))
             continue
+        decided[tid] = (plan, result, entries)
+        position[tid] = len(results)
         results.append(result)
+    sizes: _Sizes | None = None
+    if policy.max_bytes is not None:
+        kept_docs = _kept_docs(threads, decided)
+        sizes = yield from _read_sizes(layout, list(kept_docs.values()))
+        for tid, (thread, docs) in kept_docs.items():
+            if sum(sizes.by_checkpoint[d.key] for d in docs) <= policy.max_bytes:
+                continue
+            sized = _sized(decided[tid][2], thread, sizes)
+            plan, capped = decide(tid, sized, policy, now=now, explain=explain)
+            decided[tid] = (plan, capped, sized)
+            results[position[tid]] = capped
+
+    doomed_by_thread: dict[str, list[_Doc]] = {}
+    pointers: dict[str, list[str]] = {}
+    expiring: dict[str, _Thread] = {}
+    for tid, (plan, result, _entries_of) in decided.items():
+        thread = threads[tid]
         if result.expired is not None:
             expiring[tid] = thread
         if not plan.delete:
@@ -811,11 +851,11 @@ def _prune_program(
         doomed_by_thread[tid] = [by_id[pair] for pair in plan.deleted_pairs()]
         pointer_args: list[str] = []
         for ns in plan.delete:
-            kept = plan.keep.get(ns)  # newest first
+            kept_ids = plan.keep.get(ns)  # newest first
             stored_ns = by_id[(ns, plan.delete[ns][0])].stored_ns
             pointer_args += [
                 layout.latest_key(thread.stored_id, stored_ns),
-                by_id[(ns, kept[0])].key if kept else "",
+                by_id[(ns, kept_ids[0])].key if kept_ids else "",
             ]
         pointers[tid] = pointer_args
     guards = yield from _read_guards(layout, expiring)
@@ -1062,7 +1102,7 @@ class RedisBackend(Backend):
         dry_run: bool,
         now: datetime,
         explain: bool = False,
-        expire: Mapping[str, Expiry] | None = None,
+        expire: Expire | None = None,
     ) -> list[ThreadResult]:
         program = _prune_program(
             _layout(self.saver), thread_ids, policy, dry_run, now, explain, expire
@@ -1113,7 +1153,7 @@ class AsyncRedisBackend(Backend):
         dry_run: bool,
         now: datetime,
         explain: bool = False,
-        expire: Mapping[str, Expiry] | None = None,
+        expire: Expire | None = None,
     ) -> list[ThreadResult]:
         program = _prune_program(
             _layout(self.saver), thread_ids, policy, dry_run, now, explain, expire

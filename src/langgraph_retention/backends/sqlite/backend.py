@@ -23,14 +23,13 @@ from langgraph_retention.errors import RetentionError
 from langgraph_retention.lock import ProcessSweepLock, SweepLock
 from langgraph_retention.policy import (
     CheckpointEntry,
-    Expiry,
     RetentionPolicy,
     checkpoint_time,
     delta_needs,
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from ..base import Backend, Span, decide, gc_paused
+from ..base import Backend, Expire, Span, decide, gc_paused
 from .lock import FileSweepLock
 from .schema import database_file_program, missing_table, missing_tables_program, not_ready
 
@@ -160,7 +159,7 @@ def _prune_program(
     now: datetime,
     loads: Loads,
     explain: bool = False,
-    expire: Mapping[str, Expiry] | None = None,
+    expire: Expire | None = None,
 ) -> Program[list[ThreadResult]]:
     """Read the batch's index, decide each thread, delete (unless dry run), report."""
     ids_json = json.dumps(list(thread_ids))
@@ -204,7 +203,6 @@ def _prune_program(
             )
 
     tag_set = frozenset({tag}) if tag is not None else frozenset()
-    expiries = expire or {}
     results: list[ThreadResult] = []
     for tid in thread_ids:
         trows = by_thread.get(tid, [])
@@ -238,9 +236,7 @@ def _prune_program(
                 )
             )
         try:
-            plan, result = decide(
-                tid, entries, policy, now=now, explain=explain, expiry=expiries.get(tid)
-            )
+            plan, result = decide(tid, entries, policy, now=now, explain=explain, expire=expire)
         except RetentionError as exc:
             results.append(ThreadResult(tid, error=str(exc)))
             continue
@@ -363,7 +359,7 @@ class SqliteBackend(Backend):
         dry_run: bool,
         now: datetime,
         explain: bool = False,
-        expire: Mapping[str, Expiry] | None = None,
+        expire: Expire | None = None,
     ) -> list[ThreadResult]:
         program = _prune_program(
             thread_ids, policy, dry_run, now, self.saver.serde.loads_typed, explain, expire
@@ -423,7 +419,7 @@ class AsyncSqliteBackend(Backend):
         dry_run: bool,
         now: datetime,
         explain: bool = False,
-        expire: Mapping[str, Expiry] | None = None,
+        expire: Expire | None = None,
     ) -> list[ThreadResult]:
         program = _prune_program(
             thread_ids, policy, dry_run, now, self.saver.serde.loads_typed, explain, expire
