@@ -451,7 +451,7 @@ def plan_thread(
     planner = _Planner(by_ns, policy, now or datetime.now(UTC), thread_id, explain)
     plan = planner.plan(frozenset())
     if policy.max_bytes is not None and plan.kept_bytes > policy.max_bytes:
-        plan = planner.fit(policy.max_bytes)
+        plan = planner.fit(plan, policy.max_bytes)
     return plan
 
 
@@ -520,7 +520,6 @@ class _Planner:
         self.order = sorted(by_ns, key=lambda n: (n.count("|") + (1 if n else 0), n))
         self.by_ns = by_ns
         self.newest_first = {ns: sorted(by_ns[ns], reverse=True) for ns in by_ns}
-        self.soft_choices: list[Key] = []
         self._chosen: dict[str, tuple[Reasons, Reasons]] = {}
 
     def _choices(self, ns: str) -> tuple[Reasons, Reasons]:
@@ -537,7 +536,6 @@ class _Planner:
         explain = self.explain
         plan = ThreadPlan(reasons={} if explain else None)
         deleted_ids: dict[str, set[str]] = {}
-        soft_only: list[Key] = []
         for ns in self.order:
             index = self.by_ns[ns]
             newest_first = self.newest_first[ns]
@@ -554,9 +552,6 @@ class _Planner:
             must, soft = self._choices(ns)
             if withdrawn:
                 soft = {cid: why for cid, why in soft.items() if (ns, cid) not in withdrawn}
-            if self.policy.max_bytes is not None:  # what fitting may withdraw
-                must_kept = _with_dependencies(must, index, self.thread_id, ns, explain)
-                soft_only += [(ns, cid) for cid in soft if cid not in must_kept]
             for cid, why in must.items():
                 soft[cid] = (*soft.get(cid, ()), *why) if explain else why
             keep = _with_dependencies(soft, index, self.thread_id, ns, explain)
@@ -571,8 +566,6 @@ class _Planner:
                     plan.reasons[(ns, cid)] = keep.get(cid) or (
                         ("over max_bytes",) if (ns, cid) in withdrawn else ()
                     )
-        if not withdrawn:
-            self.soft_choices = sorted(soft_only, key=lambda k: (k[1], k[0]))  # oldest first
         return plan
 
     def _must(self, index: Mapping[str, CheckpointEntry], newest_first: Sequence[str]) -> Reasons:
@@ -582,12 +575,14 @@ class _Planner:
         _add(must, newest_first[0], "newest", explain)
         if policy.keep_first:
             _add(must, newest_first[-1], "first", explain)
-        if policy.keep_interrupted:
-            for cid in [cid for cid, e in index.items() if e.interrupted]:
-                _add(must, cid, "interrupted", explain)
-        if (tag := policy.keep_tagged) is not None:
-            for cid in [cid for cid, e in index.items() if tag in e.tags]:
-                _add(must, cid, f"tagged {tag}", explain)
+        interrupted, tag = policy.keep_interrupted, policy.keep_tagged
+        if interrupted or tag is not None:
+            for cid, e in index.items():
+                if e.interrupted or e.tags:  # one test for the common case: neither
+                    if interrupted and e.interrupted:
+                        _add(must, cid, "interrupted", explain)
+                    if tag is not None and tag in e.tags:
+                        _add(must, cid, f"tagged {tag}", explain)
         return must
 
     def _soft(self, newest_first: Sequence[str]) -> Reasons:
@@ -618,12 +613,14 @@ class _Planner:
             for cid in oldest_first[first : max(0, count - policy.keep_last)]:  # not last N
                 _add(soft, cid, within, explain)
         zone = self.zone
+        stamps: dict[str, int | None] = {}  # each rule starts from the newest: read it once
         for label, _bucket, wanted in self.buckets:
             seen: set[tuple[int, ...]] = set()
             end = count  # buckets of oldest_first[:end] are still to find
             while end and len(seen) < wanted:
                 cid = oldest_first[end - 1]
-                micros = _unix_micros(cid)
+                if (micros := stamps.get(cid)) is None:
+                    micros = stamps[cid] = _unix_micros(cid)
                 assert micros is not None  # canonical UUIDv6
                 key, boundary = _bucket_at(zone, label, micros)
                 if key not in seen:  # a repeated wall-clock hour has one key
@@ -659,11 +656,21 @@ class _Planner:
                 if len(seen) >= wanted:
                     break
 
-    def fit(self, max_bytes: int) -> ThreadPlan:
+    def _withdrawable(self, first: ThreadPlan) -> list[Key]:
+        """The soft choices of `first` (the plan withdrawing nothing) that no firm rule
+        keeps, even as a dependency: what fitting may take back, oldest first."""
+        choices: list[Key] = []
+        for ns in first.keep:
+            must, soft = self._choices(ns)
+            must_kept = _with_dependencies(must, self.by_ns[ns], self.thread_id, ns, False)
+            choices += [(ns, cid) for cid in soft if cid not in must_kept]
+        return sorted(choices, key=lambda k: (k[1], k[0]))
+
+    def fit(self, first: ThreadPlan, max_bytes: int) -> ThreadPlan:
         """The plan withdrawing the fewest oldest soft choices that fits `max_bytes`, or
         all of them (with a warning) when even the firm rules keep too much. Withdrawing
         more never keeps more, so the fewest is found by bisection."""
-        choices = self.soft_choices
+        choices = self._withdrawable(first)
         best = self.plan(frozenset(choices))
         if best.kept_bytes > max_bytes:
             best.warnings.append(

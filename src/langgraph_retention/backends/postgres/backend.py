@@ -487,29 +487,39 @@ def _entries(
         for row in rows:
             if row[5]:
                 names_by_ns.setdefault((row[0], row[1]), set()).update(row[5])
-    tags = frozenset({tag}) if tag is not None else frozenset()
-    no_tags: frozenset[str] = frozenset()
-    interrupted, sizes = facts.interrupted, facts.sizes
-    by_thread: dict[str, list[CheckpointEntry]] = defaultdict(list)
-    for row in rows:
-        tid, ns, cid, parent, parents, _names, sends = row[:7]
-        needs = _NO_NEEDS
+
+    def needs_of(tid: str, ns: str, cid: str) -> frozenset[str]:
         if names_by_ns and (channels := names_by_ns.get((tid, ns))):
             # Gone since the index was read (a concurrent prune): take it as needing
             # every channel, which can only keep more.
             versioned, stored = found.get((tid, ns, cid), (list(channels), []))
-            needs = delta_needs(channels, versioned, stored)
-        if len(row) == 7 and not interrupted:
-            entry = CheckpointEntry(ns, cid, parent, parents or _NO_PARENTS, needs, sends)
-        else:
-            key = (tid, ns, cid)
-            entry = CheckpointEntry(
-                ns, cid, parent, parents or _NO_PARENTS, needs, sends,
-                row[7] + sizes.get(key, 0) if sizes else (row[7] if len(row) > 7 else 0),
-                tags if len(row) > 7 and row[8] else no_tags,
+            return delta_needs(channels, versioned, stored)
+        return _NO_NEEDS
+
+    by_thread: dict[str, list[CheckpointEntry]] = defaultdict(list)
+    interrupted, sizes = facts.interrupted, facts.sizes
+    if not rows or (len(rows[0]) == 7 and not interrupted):  # keep-last and friends
+        for tid, ns, cid, parent, parents, _names, sends in rows:
+            needs = needs_of(tid, ns, cid) if names_by_ns else _NO_NEEDS
+            by_thread[tid].append(
+                CheckpointEntry(ns, cid, parent, parents or _NO_PARENTS, needs, sends)
+            )
+        return by_thread
+    tags = frozenset({tag}) if tag is not None else frozenset()
+    no_tags: frozenset[str] = frozenset()
+    for row in rows:
+        tid, ns, cid, parent, parents, _names, sends, *columns = row
+        row_bytes, tagged = columns if columns else (0, False)
+        key = (tid, ns, cid)
+        by_thread[tid].append(
+            CheckpointEntry(
+                ns, cid, parent, parents or _NO_PARENTS,
+                needs_of(tid, ns, cid) if names_by_ns else _NO_NEEDS, sends,
+                row_bytes + sizes.get(key, 0) if sizes else row_bytes,
+                tags if tagged else no_tags,
                 key in interrupted,
-            )  # fmt: skip
-        by_thread[tid].append(entry)
+            )
+        )  # fmt: skip
     return by_thread
 
 
