@@ -299,6 +299,21 @@ def test_ids_with_colons_commas_case_and_unicode_enumerate_exactly(
     assert set(stats(redis_saver).threads) == set(LOOKALIKE_IDS)
 
 
+def test_threads_are_listed_once_each_in_short_scan_steps(
+    redis_saver: RedisSaver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graph = build_agent(redis_saver)
+    ids = [f"glob[*?]\\{i}" for i in range(12)] + ["with-subgraph-calls"]
+    for tid in ids[:-1]:
+        chat(graph, tid, 1)
+    build_subgraph_graph(redis_saver).invoke({"log": []}, config("with-subgraph-calls"))
+    monkeypatch.setattr(redis_backend, "SCAN_COUNT", 3)  # many steps, each a few keys
+
+    listed = list(resolve_backend(redis_saver).iter_thread_ids())
+
+    assert sorted(listed) == sorted(ids)
+
+
 def test_pruning_one_id_never_touches_lookalike_ids(redis_saver: RedisSaver) -> None:
     graph = build_agent(redis_saver)
     for tid in LOOKALIKE_IDS:

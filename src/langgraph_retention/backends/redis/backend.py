@@ -36,6 +36,7 @@ from langgraph.checkpoint.redis.util import (
     from_storage_safe_id,
     from_storage_safe_str,
     to_storage_safe_id,
+    to_storage_safe_str,
 )
 from langgraph.checkpoint.serde.types import INTERRUPT, TASKS
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -59,14 +60,22 @@ __all__ = ["AsyncRedisBackend", "RedisBackend", "RedisUnavailableError"]
 
 # -- layout and limits ---------------------------------------------------------------------
 
+# Every command is kept short: Redis runs one at a time, so each one we send is a pause
+# for every app on the server (the scale benchmark checks SLOWLOG for any over 50 ms).
+
 #: Rows (or thread groups) per FT.AGGREGATE / FT.CURSOR READ reply.
-CURSOR_PAGE = 10_000
-#: Thread ids per page when enumerating threads.
-THREAD_PAGE = 1_000
+CURSOR_PAGE = 1_000
+#: Threads per FT.AGGREGATE: the server aggregates every matching document before the
+#: first reply, so a query's cost follows its threads' documents (~60 each here).
+THREADS_PER_QUERY = 10
+#: Keys each SCAN step looks at when enumerating threads (one short step per call).
+SCAN_COUNT = 1_000
 #: Commands per pipeline round trip (bounds client and server buffers).
 PIPELINE_CHUNK = 10_000
-#: Keys per Lua call: each call blocks the server while it frees, so keep it short.
-LUA_KEYS = 1_000
+#: Keys per Lua call: each call blocks the server while it sizes and frees them.
+LUA_KEYS = 100
+#: The root namespace as keys spell it; its `checkpoint_latest` pointers list the threads.
+ROOT_NS = to_storage_safe_str("")
 #: Checkpoint ids per write-key query (a tag union; keeps each query string modest).
 IDS_PER_QUERY = 1_000
 #: The checkpoint format version from which pending sends no longer live in the parent's
@@ -341,12 +350,16 @@ def _aggregates(
     steps: Sequence[Any] = (),
     where: str = "",
 ) -> list[Command]:
-    """FT.AGGREGATE commands over every document of the given threads (and `where`)."""
-    query, unmatched = _thread_query(thread_ids)
+    """FT.AGGREGATE commands over every document of the given threads (and `where`),
+    `THREADS_PER_QUERY` threads each."""
     commands: list[Command] = []
-    if query is not None:
-        full = f"({query}) {where}" if where else query
-        commands.append(("FT.AGGREGATE", index, full, "LOAD", len(load), *load, *steps, *_TAIL))
+    unmatched: list[str] = []
+    for start in range(0, len(thread_ids), THREADS_PER_QUERY):
+        query, odd = _thread_query(thread_ids[start : start + THREADS_PER_QUERY])
+        unmatched += odd
+        if query is not None:
+            full = f"({query}) {where}" if where else query
+            commands.append(("FT.AGGREGATE", index, full, "LOAD", len(load), *load, *steps, *_TAIL))
     for stored in unmatched:  # only separators/whitespace: no quote can end the literal
         fields = tuple(load) if "@thread_id" in load else (*load, "@thread_id")
         commands.append(
@@ -967,25 +980,27 @@ def _stats_program(
     return [(tid, found[tid]) for tid in order]
 
 
-def _thread_page_program(layout: _Layout, cursor: int | None) -> Program[tuple[list[str], int]]:
-    """One page of distinct thread ids (exact document values) and the cursor to go on."""
-    if cursor is None:
-        command: Command = (
-            "FT.AGGREGATE", layout.checkpoint_index, "*", "GROUPBY", 1, "@thread_id",
-            "WITHCURSOR", "COUNT", THREAD_PAGE, "TIMEOUT", 0, "DIALECT", 2,
-        )  # fmt: skip
-    else:
-        command = ("FT.CURSOR", "READ", layout.checkpoint_index, cursor, "COUNT", THREAD_PAGE)
-    (reply,) = yield [command]
-    rows, next_cursor = _parse_page(reply)
-    ids = [
-        from_storage_safe_id(r["thread_id"]) for r in rows if isinstance(r.get("thread_id"), str)
-    ]
-    return ids, next_cursor
+def _thread_page_program(layout: _Layout, cursor: int) -> Program[tuple[list[str], int]]:
+    """One SCAN step over the root-namespace `checkpoint_latest` pointers (every `put`
+    sets its namespace's; a thread's root one stays while it has checkpoints): the thread
+    ids it found, and the cursor to go on with (0: done). A step looks at `SCAN_COUNT`
+    keys, however big the store; one aggregation over every document did not."""
+    head = f"{layout.latest_prefix}:"
+    tail = f":{ROOT_NS}"
+    pattern = _glob_escape(head) + "*" + _glob_escape(tail)
+    (reply,) = yield [("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT)]
+    next_cursor, keys = reply
+    ids = []
+    for raw in keys:
+        key = _decode(raw)
+        if key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail):
+            ids.append(from_storage_safe_id(key[len(head) : -len(tail)]))
+    return ids, int(next_cursor)
 
 
-def _close_cursor_program(layout: _Layout, cursor: int) -> Program[None]:
-    yield [("FT.CURSOR", "DEL", layout.checkpoint_index, cursor)]
+def _glob_escape(text: str) -> str:
+    """`text` matched literally by a SCAN MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 # -- drivers ------------------------------------------------------------------------------
@@ -1086,6 +1101,13 @@ async def _arun(client: Any, program: Program[R]) -> R:
         raise translated from exc
 
 
+def _unseen(ids: Sequence[str], seen: set[str]) -> list[str]:
+    """The ids not in `seen`, which they join."""
+    fresh = [tid for tid in dict.fromkeys(ids) if tid not in seen]
+    seen.update(fresh)
+    return fresh
+
+
 class RedisBackend(Backend):
     """Prunes a `RedisSaver` through its own client (standalone Redis with the modules)."""
 
@@ -1114,16 +1136,13 @@ class RedisBackend(Backend):
 
     def iter_thread_ids(self) -> Iterator[str]:
         layout = _layout(self.saver)
-        cursor: int | None = None
-        try:
-            while True:
-                ids, cursor = self._exec(_thread_page_program(layout, cursor))
-                yield from ids
-                if not cursor:
-                    return
-        finally:
-            if cursor:  # abandoned early: free the server-side cursor
-                self._exec(_close_cursor_program(layout, cursor))
+        seen: set[str] = set()  # SCAN may return a key twice (while the table rehashes)
+        cursor = 0
+        while True:
+            ids, cursor = self._exec(_thread_page_program(layout, cursor))
+            yield from _unseen(ids, seen)
+            if not cursor:
+                return
 
     def thread_stats(self, thread_ids: Sequence[str]) -> list[tuple[str, ThreadStats]]:
         return self._exec(_stats_program(_layout(self.saver), thread_ids))
@@ -1165,17 +1184,14 @@ class AsyncRedisBackend(Backend):
 
     async def _aiter(self) -> AsyncIterator[str]:
         layout = _layout(self.saver)
-        cursor: int | None = None
-        try:
-            while True:
-                ids, cursor = await self._aexec(_thread_page_program(layout, cursor))
-                for tid in ids:
-                    yield tid
-                if not cursor:
-                    return
-        finally:
-            if cursor:  # abandoned early: free the server-side cursor
-                await self._aexec(_close_cursor_program(layout, cursor))
+        seen: set[str] = set()
+        cursor = 0
+        while True:
+            ids, cursor = await self._aexec(_thread_page_program(layout, cursor))
+            for tid in _unseen(ids, seen):
+                yield tid
+            if not cursor:
+                return
 
     def aiter_thread_ids(self) -> AsyncIterator[str]:
         return self._aiter()
