@@ -7,7 +7,9 @@ through JSON.SET (their `thread_id` field rewritten), registries and pointers re
 too. Every contender runs on a FRESH server holding exactly that data (no blocking
 FLUSHDB of millions of module keys). Ours runs in a fresh child process so its peak RSS
 is the sweep's own. During each run a probe PINGs the server every 10 ms (worst PING
-reported), and SLOWLOG (threshold 50 ms) gives the slowest server command.
+reported), and SLOWLOG (threshold 50 ms) gives the slowest server command. On the largest
+size also: the put latency (median, p99) of an app chatting on the same server while
+nothing else runs and while our sweep runs, and the CLI's `stats --top 10` (time, RSS).
 
     python benchmarks/scale_redis.py [--sizes 200,2000] [--base 40] [--checkpoints 60]
 """
@@ -18,6 +20,7 @@ import argparse
 import importlib
 import json
 import random
+import statistics
 import subprocess
 import sys
 import threading
@@ -41,8 +44,14 @@ PIPELINE = 2000
 SLOW_US = 50_000
 Record = tuple[str, str, Any]  # key, type, value
 
-CHILD = """
-import resource, sys, time
+#: Peak RSS from VmHWM, not `ru_maxrss`: Linux carries `ru_maxrss` across exec, so a child
+#: forked from this (big) process would report the parent's size.
+PEAK_RSS_MB = (
+    "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) // 1024"
+)
+
+CHILD = f"""
+import sys, time
 from langgraph.checkpoint.redis import RedisSaver
 from langgraph_retention import RetentionPolicy, sweep
 with RedisSaver.from_conn_string(sys.argv[1]) as saver:
@@ -50,7 +59,17 @@ with RedisSaver.from_conn_string(sys.argv[1]) as saver:
     report = sweep(saver, RetentionPolicy(keep_last=int(sys.argv[2])))
     elapsed = time.perf_counter() - t0
 assert report.ok, report.errors
-print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+print(elapsed, {PEAK_RSS_MB})
+"""
+
+
+CHILD_STATS = f"""
+import contextlib, io, sys, time
+from langgraph_retention.cli import main
+t = time.perf_counter()
+with contextlib.redirect_stdout(io.StringIO()):
+    rc = main(["stats", "--url", sys.argv[1], "--top", "10"])
+print(time.perf_counter() - t, {PEAK_RSS_MB}, rc)
 """
 
 
@@ -134,6 +153,57 @@ class Probe:
         self.client.close()
 
 
+def put_latencies(url: str, seconds: float | None, during: Any = None) -> list[float]:
+    """Latencies of the app's checkpoint puts (one chat turn = 5 puts, timed per turn / 5)
+    for `seconds`, or for as long as `during` (a thread) runs."""
+    lat: list[float] = []
+    with RedisSaver.from_conn_string(url) as saver:
+        graph = build_agent(saver)
+        end = time.perf_counter() + (seconds or 0.0)
+        i = 0
+        while (during is not None and during.is_alive()) or (
+            during is None and time.perf_counter() < end
+        ):
+            start = time.perf_counter()
+            chat(graph, f"app:{i % 7}", 1)
+            lat.append((time.perf_counter() - start) / 5)
+            i += 1
+    return lat
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def app_and_stats(base: dict[str, list[Record]], threads: int, keep: int) -> str:
+    """On a fresh server with the size's data: the app's put latency idle and during our
+    sweep; then, on a second fresh copy, `stats --top 10` over the whole store."""
+    with fixtures.redis_stack_server() as url:
+        replicate(url, base, threads)
+        idle = put_latencies(url, 5.0)
+        sweeper = threading.Thread(
+            target=subprocess.run,
+            args=([sys.executable, "-c", CHILD, url, str(keep)],),
+            kwargs={"check": True, "capture_output": True},
+        )
+        sweeper.start()
+        busy = put_latencies(url, None, during=sweeper)
+        sweeper.join()
+    with fixtures.redis_stack_server() as url:
+        replicate(url, base, threads)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD_STATS, url], check=True, capture_output=True, text=True
+        ).stdout.split()
+    ms = 1000
+    return (
+        f"put latency at {threads} threads (ms): idle median {ms * statistics.median(idle):.1f} "
+        f"p99 {ms * pct(idle, 0.99):.1f}; during our sweep median "
+        f"{ms * statistics.median(busy):.1f} p99 {ms * pct(busy, 0.99):.1f} ({len(busy)} turns)\n"
+        f"stats --top 10 at {threads} threads: {float(out[0]):.2f}s, peak RSS {out[1]} MB"
+    )
+
+
 def run_one(name: str, base: dict[str, list[Record]], threads: int, keep: int) -> dict[str, Any]:
     """One contender on a fresh server with the size's data: seconds, RSS, slowlog, PING."""
     with fixtures.redis_stack_server() as url:
@@ -178,6 +248,7 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=int, default=60)
     ap.add_argument("--keep", type=int, default=5)
     ap.add_argument("--upstream-max", type=int, default=200)
+    ap.add_argument("--no-latency", action="store_true", help="skip put latency and stats")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -209,6 +280,8 @@ def main() -> None:
             print(rows[-1], flush=True)
     print("\n" + header)
     print("\n".join(rows))
+    if not args.no_latency:
+        print(app_and_stats(base, sizes[-1], args.keep))
 
 
 if __name__ == "__main__":

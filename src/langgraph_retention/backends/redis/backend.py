@@ -72,6 +72,8 @@ THREADS_PER_QUERY = 10
 SCAN_COUNT = 1_000
 #: Commands per pipeline round trip (bounds client and server buffers).
 PIPELINE_CHUNK = 10_000
+#: Searches (FT.AGGREGATE, FT.CURSOR) per pipeline round trip; see `_pipelines`.
+SEARCHES_PER_PIPELINE = 3
 #: Keys per Lua call: each call blocks the server while it sizes and frees them.
 LUA_KEYS = 100
 #: The root namespace as keys spell it; its `checkpoint_latest` pointers list the threads.
@@ -1047,11 +1049,28 @@ def _translate(exc: Exception, client: Any) -> Exception:
     return not_ready(exc, _where(client)) or exc
 
 
+def _pipelines(commands: list[Command]) -> list[list[Command]]:
+    """`commands` in pipelines the server can serve other clients between: at most
+    `SEARCHES_PER_PIPELINE` searches each (the server runs a pipeline's small commands back
+    to back, and thirty aggregations kept an app's PING waiting 100-150 ms), and at most
+    `PIPELINE_CHUNK` commands in all."""
+    out: list[list[Command]] = [[]]
+    searches = 0
+    for cmd in commands:
+        search = str(cmd[0]).startswith("FT.")
+        if len(out[-1]) >= PIPELINE_CHUNK or (search and searches >= SEARCHES_PER_PIPELINE):
+            out.append([])
+            searches = 0
+        out[-1].append(cmd)
+        searches += search
+    return out
+
+
 def _execute(client: Any, commands: list[Command]) -> list[Any]:
     replies: list[Any] = []
-    for start in range(0, len(commands), PIPELINE_CHUNK):
+    for chunk in _pipelines(commands):
         with client.pipeline(transaction=False) as pipe:
-            for cmd in commands[start : start + PIPELINE_CHUNK]:
+            for cmd in chunk:
                 pipe.execute_command(*cmd)
             replies.extend(pipe.execute())
     return replies
@@ -1059,9 +1078,9 @@ def _execute(client: Any, commands: list[Command]) -> list[Any]:
 
 async def _aexecute(client: Any, commands: list[Command]) -> list[Any]:
     replies: list[Any] = []
-    for start in range(0, len(commands), PIPELINE_CHUNK):
+    for chunk in _pipelines(commands):
         async with client.pipeline(transaction=False) as pipe:
-            for cmd in commands[start : start + PIPELINE_CHUNK]:
+            for cmd in chunk:
                 pipe.execute_command(*cmd)
             replies.extend(await pipe.execute())
     return replies
