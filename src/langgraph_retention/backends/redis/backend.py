@@ -5,33 +5,31 @@ its channel values inline (no blob keys), each pending write a document
 `checkpoint_write:{thread}:{ns}:{id}:{task}:{idx}`, each checkpoint's write keys a sorted
 set `write_keys_zset:{thread}:{ns}:{id}`, and each (thread, ns) a string
 `checkpoint_latest:{thread}:{ns}` holding its newest checkpoint's key. Ids go into keys
-unescaped (empty ones as sentinels), so thread ids are never cut out of keys: they come
-from the documents' `thread_id` field through the RediSearch indexes, grouped server-side
-(`FT.AGGREGATE ... GROUPBY @thread_id REDUCE TOLIST @__key`), which also keeps the replies
-small. Only the part of a key after its known `{prefix}:{thread}:` is split, and only
-where that is unambiguous; anything else is read field by field.
+unescaped (empty ones as sentinels), so a thread id is cut out of a key only between two
+known ends: threads are listed by SCAN steps over the root-namespace pointers
+`checkpoint_latest:{thread}:__empty__`; everything else about them comes from the
+documents' fields through the RediSearch indexes, grouped server-side a few threads per
+query (`search`), and keys are split after a known `{prefix}:{thread}:` only (`model`).
 
-A prune reads, in one round trip, each thread's checkpoint keys, write keys and a
-DeltaChannel flag (never the state), plans it, then sizes (`size_of`: JSON.DEBUG MEMORY
-or MEMORY USAGE) and UNLINKs the doomed keys in one Lua call per thread: explicit keys
-only, never a pattern; the only write is repairing a `checkpoint_latest` pointer left
-on a deleted key (SET ... KEEPTTL).
-The programs below yield lists of commands (one pipeline each) and receive the replies,
-so the sync and async drivers share every decision.
+A prune reads each thread's checkpoint keys, write keys and a DeltaChannel flag (never
+the state), plans it, then sizes (`size_of`: JSON.DEBUG MEMORY or MEMORY USAGE) and
+UNLINKs the doomed keys in Lua calls of at most 100 keys (`scripts`): explicit keys only,
+never a pattern; the only write is repairing a `checkpoint_latest` pointer left on a
+deleted key (SET ... KEEPTTL). No command's cost grows with the store.
+The programs below yield lists of commands (pipelines of a few searches each) and
+receive the replies, so the sync and async drivers share every decision.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import defaultdict
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from langgraph.checkpoint.redis.key_registry import WRITE_KEYS_ZSET_PREFIX
 from langgraph.checkpoint.redis.util import (
     from_storage_safe_id,
     from_storage_safe_str,
@@ -54,424 +52,67 @@ from langgraph_retention.report import ThreadResult, ThreadStats
 
 from ..base import Backend, Expire, Span, decide, gc_paused
 from .lock import RedisSweepLock, lock_key
+from .model import (
+    Command,
+    Program,
+    R,
+    _attach_writes,
+    _decode,
+    _detailed_doc,
+    _Doc,
+    _docs_from_keys,
+    _keys,
+    _Layout,
+    _objkeys,
+    _Thread,
+    _version,
+)
 from .schema import indexes_program, not_ready
+from .scripts import LUA_KEYS, SIZES_LUA, _size_calls
+from .search import (
+    DELTA_MARK,
+    DETAIL_LOAD,
+    DETAIL_WRITE_LOAD,
+    IDS_PER_QUERY,
+    INTERRUPT_LOAD,
+    KEYS_LOAD,
+    KEYS_STEPS,
+    OVERVIEW_LOAD,
+    OVERVIEW_STEPS,
+    SENDS_STEPS,
+    SPANS_LOAD,
+    SPANS_STEPS,
+    STATS_LOAD,
+    STATS_STEPS,
+    TAG_LOAD,
+    _aggregates,
+    _read_all,
+    _tag,
+    _thread_of,
+)
 
 __all__ = ["AsyncRedisBackend", "RedisBackend", "RedisUnavailableError"]
 
-# -- layout and limits ---------------------------------------------------------------------
+# -- limits ---------------------------------------------------------------------------------
 
 # Every command is kept short: Redis runs one at a time, so each one we send is a pause
 # for every app on the server (the scale benchmark checks SLOWLOG for any over 50 ms).
 
-#: Rows (or thread groups) per FT.AGGREGATE / FT.CURSOR READ reply.
-CURSOR_PAGE = 1_000
-#: Threads per FT.AGGREGATE: the server aggregates every matching document before the
-#: first reply, so a query's cost follows its threads' documents (~60 each here).
-THREADS_PER_QUERY = 10
 #: Keys each SCAN step looks at when enumerating threads (one short step per call).
 SCAN_COUNT = 1_000
 #: Commands per pipeline round trip (bounds client and server buffers).
 PIPELINE_CHUNK = 10_000
 #: Searches (FT.AGGREGATE, FT.CURSOR) per pipeline round trip; see `_pipelines`.
 SEARCHES_PER_PIPELINE = 3
-#: Keys per Lua call: each call blocks the server while it sizes and frees them.
-LUA_KEYS = 100
 #: The root namespace as keys spell it; its `checkpoint_latest` pointers list the threads.
 ROOT_NS = to_storage_safe_str("")
-#: Checkpoint ids per write-key query (a tag union; keeps each query string modest).
-IDS_PER_QUERY = 1_000
 #: The checkpoint format version from which pending sends no longer live in the parent's
 #: writes; threads with sends are read field by field so each checkpoint's version counts.
 SENDS_MOVED_VERSION = 4
-#: The metadata key LangGraph keeps on checkpoints whose DeltaChannels have pending deltas.
-DELTA_MARK = "counters_since_delta_snapshot"
-#: The TAG separator the saver's schema uses: a thread id is indexed as its pieces.
-TAG_SEPARATOR = ","
-#: What RediSearch trims around each tag piece (C isspace).
-TAG_WHITESPACE = " \t\n\v\f\r"
-#: ASCII punctuation and whitespace must be backslash-escaped inside a tag query.
-_TAG_ESCAPES = str.maketrans(
-    {c: "\\" + c for c in map(chr, range(128)) if not (c.isalnum() or c == "_")}
-)
-#: LangGraph checkpoint ids: canonical UUIDs (never a ':').
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_TAIL = ("WITHCURSOR", "COUNT", CURSOR_PAGE, "TIMEOUT", 0, "DIALECT", 2)
-
-#: Per thread: its checkpoint keys, and whether any checkpoint may involve a DeltaChannel
-#: (a missing metadata field counts as "may": such threads are read field by field).
-OVERVIEW_LOAD = ("@__key", "@thread_id", "$.metadata", "AS", "metadata")
-OVERVIEW_STEPS = (
-    "APPLY", f'!exists(@metadata) || contains(@metadata, "{DELTA_MARK}")', "AS", "delta",
-    "GROUPBY", 1, "@thread_id",
-    "REDUCE", "TOLIST", 1, "@__key", "AS", "keys",
-    "REDUCE", "MAX", 1, "@delta", "AS", "delta",
-)  # fmt: skip
-#: Threads with pending sends (`__pregel_tasks` writes): pre-v4 children depend on them.
-SENDS_STEPS = ("GROUPBY", 1, "@thread_id", "REDUCE", "COUNT", 0, "AS", "sends")
-#: Field-by-field reads, for threads the overview cannot plan (DeltaChannel, subgraph
-#: calls, sends, unusual keys): identity, lineage and load dependencies, never the state.
-DETAIL_LOAD = (
-    "@__key", "@thread_id", "@checkpoint_ns", "@checkpoint_id", "@parent_checkpoint_id",
-    "$.metadata", "AS", "metadata", "$.checkpoint.v", "AS", "v",
-)  # fmt: skip
-DETAIL_WRITE_LOAD = ("@__key", "@thread_id", "@checkpoint_ns", "@checkpoint_id", "@channel")
-#: Write keys grouped by exact thread id.
-KEYS_LOAD = ("@__key", "@thread_id")
-KEYS_STEPS = ("GROUPBY", 1, "@thread_id", "REDUCE", "TOLIST", 1, "@__key", "AS", "keys")
-STATS_LOAD = ("@__key", "@thread_id", "@checkpoint_ns", "@checkpoint_id")
-STATS_STEPS = (
-    "GROUPBY", 1, "@thread_id",
-    "REDUCE", "TOLIST", 1, "@__key", "AS", "keys",
-    "REDUCE", "COUNT_DISTINCT", 1, "@checkpoint_ns", "AS", "namespaces",
-    "REDUCE", "FIRST_VALUE", 4, "@checkpoint_id", "BY", "@checkpoint_id", "DESC", "AS", "newest",
-)  # fmt: skip
-
-#: Interrupt writes (`keep_interrupted`) and tagged checkpoints (`keep_tagged`).
-INTERRUPT_LOAD = ("@thread_id", "@checkpoint_ns", "@checkpoint_id")
-TAG_LOAD = ("@__key", "@thread_id", "$.metadata", "AS", "metadata")
-#: Per thread: its oldest and newest checkpoint id (thread expiry).
-SPANS_LOAD = ("@thread_id", "@checkpoint_id")
-SPANS_STEPS = (
-    "GROUPBY", 1, "@thread_id",
-    "REDUCE", "FIRST_VALUE", 4, "@checkpoint_id", "BY", "@checkpoint_id", "ASC", "AS", "first",
-    "REDUCE", "FIRST_VALUE", 4, "@checkpoint_id", "BY", "@checkpoint_id", "DESC", "AS", "newest",
-)  # fmt: skip
-
-#: A key's bytes: RedisJSON's own count for JSON documents (checkpoints, writes; half
-#: the server time of MEMORY USAGE on big documents, within 1% of it), MEMORY USAGE for
-#: the rest (write registries).
-_SIZE_OF_LUA = """
-local function size_of(key)
-  local n = redis.pcall('JSON.DEBUG', 'MEMORY', key)
-  if type(n) == 'number' then return n end
-  return redis.call('MEMORY', 'USAGE', key) or 0
-end
-"""
-
-#: ARGV[1]: '0' sizes only (dry run), '1' sizes and deletes, '2' deletes unsized (the
-#: caller measured the keys already, for `max_bytes`).
-#: Returns -1 and touches nothing unless each of ARGV[2]'s guard pairs (pointer, key)
-#: holds: an expired thread goes only while every `checkpoint_latest` pointer still names
-#: the checkpoint the decision saw as newest (a run that wrote since keeps its thread).
-#: Then sizes KEYS (`size_of`, before anything goes) and returns the sum; with ARGV[1] == '1'
-#: also UNLINKs them, then repairs each `checkpoint_latest` pointer given as an ARGV pair
-#: (pointer, key of the namespace's newest kept checkpoint or '' when the namespace went):
-#: only a pointer whose target no longer exists is touched, re-pointed with KEEPTTL (its
-#: TTL stays) or deleted; one a concurrent put moved to a live key is left alone.
-SIZE_AND_DELETE_LUA = (
-    _SIZE_OF_LUA
-    + """
-local guards = tonumber(ARGV[2])
-for i = 3, 2 + 2 * guards, 2 do
-  if redis.call('GET', ARGV[i]) ~= ARGV[i + 1] then return -1 end
-end
-local bytes = 0
-if ARGV[1] ~= '2' then
-  for i = 1, #KEYS do
-    bytes = bytes + size_of(KEYS[i])
-  end
-end
-if ARGV[1] ~= '0' then
-  for i = 1, #KEYS, 500 do
-    redis.call('UNLINK', unpack(KEYS, i, math.min(i + 499, #KEYS)))
-  end
-  for i = 3 + 2 * guards, #ARGV, 2 do
-    local target = redis.call('GET', ARGV[i])
-    if target and redis.call('EXISTS', target) == 0 then
-      if ARGV[i + 1] == '' then
-        redis.call('DEL', ARGV[i])
-      else
-        redis.call('SET', ARGV[i], ARGV[i + 1], 'KEEPTTL')
-      end
-    end
-  end
-end
-return bytes
-"""
-)
-SIZE_AND_DELETE_SHA = hashlib.sha1(SIZE_AND_DELETE_LUA.encode()).hexdigest()
-
-#: `size_of` each of KEYS, as one array (one reply per call, not one per key).
-SIZES_LUA = (
-    _SIZE_OF_LUA
-    + """
-local sizes = {}
-for i = 1, #KEYS do
-  sizes[i] = size_of(KEYS[i])
-end
-return sizes
-"""
-)
-
-R = TypeVar("R")
-Command = tuple[Any, ...]
-Program = Generator[list[Command], list[Any], R]
-Row = dict[str, Any]
 
 
 class RedisUnavailableError(StoreUnavailableError):
     """The Redis server could not be reached (or stopped answering) during a prune."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Layout:
-    """Where one saver keeps things: its index names and key prefixes."""
-
-    checkpoint_index: str
-    write_index: str
-    checkpoint_prefix: str
-    write_prefix: str
-    latest_prefix: str
-
-    def latest_key(self, stored_tid: str, stored_ns: str) -> str:
-        """The (thread, ns) `checkpoint_latest` pointer, from stored (sentinel) values."""
-        return f"{self.latest_prefix}:{stored_tid}:{stored_ns}"
-
-    def registry_key(self, checkpoint_key: str) -> str:
-        """The checkpoint's write-key registry: same `{thread}:{ns}:{id}` tail, own prefix."""
-        return WRITE_KEYS_ZSET_PREFIX + checkpoint_key[len(self.checkpoint_prefix) :]
-
-
-@dataclass(slots=True)
-class _Doc:
-    """One checkpoint as the planner needs it (ns and ids un-sentineled)."""
-
-    key: str
-    ns: str
-    cid: str
-    stored_ns: str
-    parent: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    version: int | None = None
-
-
-@dataclass(slots=True)
-class _Thread:
-    """One thread's checkpoints; for field-by-field threads also their writes and sends."""
-
-    stored_id: str
-    docs: list[_Doc] = field(default_factory=list)
-    detailed: bool = False
-    #: False when some write key could not be tied to a checkpoint from its key alone;
-    #: the doomed checkpoints' writes are then looked up by checkpoint id instead.
-    writes_known: bool = False
-    writes: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
-    sends_at: set[tuple[str, str]] = field(default_factory=set)
-    interrupted_at: set[tuple[str, str]] = field(default_factory=set)
-
-
-# -- reply parsing (RESP2 lists and RESP3 maps, bytes or str) ---------------------------
-
-
-def _decode(value: Any) -> Any:
-    """Bytes (clients without decode_responses) to str, through lists."""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
-
-
-def _get(mapping: dict[Any, Any], name: str) -> Any:
-    """A RESP3 map entry, whether the client decodes keys or not."""
-    return mapping.get(name, mapping.get(name.encode()))
-
-
-def _parse_page(reply: Any) -> tuple[list[Row], int]:
-    """Rows and the next cursor id (0: done) of an FT.AGGREGATE WITHCURSOR reply."""
-    payload, cursor = reply
-    if isinstance(payload, dict):  # RESP3
-        warnings = _get(payload, "warning") or []
-        if warnings:
-            raise RetentionError(
-                "RediSearch returned partial results "
-                f"({'; '.join(str(_decode(w)) for w in warnings)}); nothing was deleted"
-            )
-        rows = [
-            {_decode(k): _decode(v) for k, v in (_get(r, "extra_attributes") or {}).items()}
-            for r in _get(payload, "results") or []
-        ]
-    else:  # RESP2: [count, [field, value, ...], ...]
-        rows = [
-            {_decode(row[i]): _decode(row[i + 1]) for i in range(0, len(row) - 1, 2)}
-            for row in payload[1:]
-        ]
-    return rows, int(cursor)
-
-
-def _objkeys(reply: Any) -> set[str]:
-    """The keys of a `JSON.OBJKEYS key $.path` reply (empty when the path is missing)."""
-    if not reply or reply[0] is None:
-        return set()
-    return {_decode(k) for k in reply[0]}
-
-
-def _keys(row: Row) -> list[str]:
-    """The keys a grouped row collected with TOLIST."""
-    keys = row.get("keys") or []
-    return [keys] if isinstance(keys, str) else list(keys)
-
-
-# -- queries -------------------------------------------------------------------------------
-
-
-def _tag(value: str) -> str:
-    """`value` escaped for a RediSearch tag query (non-ASCII passes through)."""
-    return value.translate(_TAG_ESCAPES)
-
-
-def _thread_query(thread_ids: Sequence[str]) -> tuple[str | None, list[str]]:
-    """A RediSearch query matching the threads' documents, and ids no tag query can match.
-
-    The match is a superset (tags are case-insensitive and split at ','); rows are kept
-    by their exact `thread_id` afterwards. An id made only of separators and whitespace is
-    indexed as no tag at all and needs a FILTER scan instead.
-    """
-    simple: list[str] = []
-    clauses: list[str] = []
-    unmatched: list[str] = []
-    for tid in thread_ids:
-        stored = to_storage_safe_id(tid)
-        pieces = [p.strip(TAG_WHITESPACE) for p in stored.split(TAG_SEPARATOR)]
-        pieces = [p for p in pieces if p]
-        if not pieces:
-            unmatched.append(stored)
-        elif len(pieces) == 1:
-            simple.append(_tag(pieces[0]))
-        else:
-            clauses.append("(" + " ".join(f"@thread_id:{{{_tag(p)}}}" for p in pieces) + ")")
-    if simple:
-        clauses.insert(0, "(@thread_id:{" + "|".join(dict.fromkeys(simple)) + "})")
-    return (" | ".join(clauses) if clauses else None), unmatched
-
-
-def _aggregates(
-    index: str,
-    thread_ids: Sequence[str],
-    load: Sequence[str],
-    steps: Sequence[Any] = (),
-    where: str = "",
-) -> list[Command]:
-    """FT.AGGREGATE commands over every document of the given threads (and `where`),
-    `THREADS_PER_QUERY` threads each."""
-    commands: list[Command] = []
-    unmatched: list[str] = []
-    for start in range(0, len(thread_ids), THREADS_PER_QUERY):
-        query, odd = _thread_query(thread_ids[start : start + THREADS_PER_QUERY])
-        unmatched += odd
-        if query is not None:
-            full = f"({query}) {where}" if where else query
-            commands.append(("FT.AGGREGATE", index, full, "LOAD", len(load), *load, *steps, *_TAIL))
-    for stored in unmatched:  # only separators/whitespace: no quote can end the literal
-        fields = tuple(load) if "@thread_id" in load else (*load, "@thread_id")
-        commands.append(
-            ("FT.AGGREGATE", index, where or "*", "LOAD", len(fields), *fields,
-             "FILTER", f'@thread_id == "{stored}"', *steps, *_TAIL)
-        )  # fmt: skip
-    return commands
-
-
-def _read_all(commands: list[Command]) -> Program[list[list[Row]]]:
-    """Run FT.AGGREGATE commands in one pipeline and drain their cursors; rows per command."""
-    out: list[list[Row]] = [[] for _ in commands]
-    if not commands:
-        return out
-    replies = yield commands
-    open_cursors: dict[int, int] = {}
-    for i, reply in enumerate(replies):
-        rows, cursor = _parse_page(reply)
-        out[i].extend(rows)
-        if cursor:
-            open_cursors[i] = cursor
-    while open_cursors:
-        order = list(open_cursors)
-        replies = yield [
-            ("FT.CURSOR", "READ", commands[i][1], open_cursors[i], "COUNT", CURSOR_PAGE)
-            for i in order
-        ]
-        for i, reply in zip(order, replies, strict=True):
-            rows, cursor = _parse_page(reply)
-            out[i].extend(rows)
-            if cursor:
-                open_cursors[i] = cursor
-            else:
-                del open_cursors[i]
-    return out
-
-
-def _thread_of(row: Row, wanted: set[str]) -> str | None:
-    """The row's exact thread id if it is one we asked for (tag matches are a superset)."""
-    raw = row.get("thread_id")
-    if not isinstance(raw, str):
-        return None
-    tid = from_storage_safe_id(raw)
-    return tid if tid in wanted else None
-
-
-def _docs_from_keys(layout: _Layout, stored_tid: str, keys: Sequence[str]) -> list[_Doc] | None:
-    """Checkpoints from their keys, split after the known `{prefix}:{thread}:` only.
-
-    The tail is `{ns}:{id}`; LangGraph ids are UUIDs (no ':'), so the split is exact.
-    None when a key does not fit, or a subgraph call namespace needs its metadata.
-    """
-    head = f"{layout.checkpoint_prefix}:{stored_tid}:"
-    docs = []
-    for key in keys:
-        if not key.startswith(head):
-            return None
-        stored_ns, sep, stored_cid = key[len(head) :].rpartition(":")
-        ns = from_storage_safe_str(stored_ns)
-        if not sep or not _UUID.fullmatch(stored_cid) or ":" in ns:
-            return None
-        docs.append(_Doc(key=key, ns=ns, cid=from_storage_safe_id(stored_cid), stored_ns=stored_ns))
-    return docs
-
-
-def _attach_writes(layout: _Layout, thread: _Thread, keys: Sequence[str]) -> bool:
-    """File write keys under their checkpoints, split after `{prefix}:{thread}:` only.
-
-    The tail is `{ns}:{id}:{task}:{idx}`. A key whose `{ns}:{id}` is not one of the
-    thread's checkpoints (a task id with ':', a write newer than the read, an orphan)
-    makes the whole thread fall back to a lookup by checkpoint id: False.
-    """
-    head = f"{layout.write_prefix}:{thread.stored_id}:"
-    known = {(d.stored_ns, d.cid) for d in thread.docs}
-    for key in keys:
-        if not key.startswith(head):
-            return False
-        parts = key[len(head) :].rsplit(":", 2)
-        if len(parts) != 3:
-            return False
-        stored_ns, _sep, stored_cid = parts[0].rpartition(":")
-        cid = from_storage_safe_id(stored_cid)
-        if (stored_ns, cid) not in known:
-            return False
-        thread.writes[(from_storage_safe_str(stored_ns), cid)].append(key)
-    return True
-
-
-def _version(raw: Any) -> int | None:
-    """An integer field as read (None when absent or not a number)."""
-    try:
-        return int(raw) if raw is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _detailed_doc(row: Row) -> _Doc:
-    """A checkpoint from its field-by-field row (metadata parsed: parents, delta counters)."""
-    meta_raw = row.get("metadata")
-    meta = json.loads(meta_raw) if isinstance(meta_raw, str) and meta_raw else {}
-    stored_ns = row.get("checkpoint_ns") or ""
-    return _Doc(
-        key=row["__key"],
-        ns=from_storage_safe_str(stored_ns),
-        cid=from_storage_safe_id(row["checkpoint_id"]),
-        stored_ns=stored_ns,
-        parent=from_storage_safe_id(row.get("parent_checkpoint_id") or "") or None,
-        metadata=meta if isinstance(meta, dict) else {},
-        version=_version(row.get("v")),
-    )
 
 
 # -- programs: the decisions, shared by both drivers ------------------------------------
@@ -755,30 +396,6 @@ def _read_doomed_writes(
             if (owner := _thread_of(row, wanted)) is not None:
                 found[owner].extend(_keys(row))
     return found
-
-
-def _size_calls(
-    jobs: Sequence[tuple[list[str], list[str]]],
-    delete: bool,
-    guards: Mapping[int, list[str]] | None = None,
-    presized: set[int] | frozenset[int] = frozenset(),
-) -> tuple[list[Command], list[int]]:
-    """Lua calls sizing (and deleting) each job's keys, at most `LUA_KEYS` per call; the
-    pointer repairs ride on a job's last call, a job's `guards` (pointer, expected key
-    pairs) on every call. Returns the calls and each call's job."""
-    calls: list[Command] = []
-    owner: list[int] = []
-    for job, (keys, pointer_args) in enumerate(jobs):
-        starts = list(range(0, len(keys), LUA_KEYS)) or [0]
-        guard = (guards or {}).get(job, [])
-        for start in starts:
-            chunk = keys[start : start + LUA_KEYS]
-            mode = ("2" if job in presized else "1") if delete else "0"
-            argv = [mode, str(len(guard) // 2), *guard]
-            argv += pointer_args if start == starts[-1] else []
-            calls.append(("EVALSHA", SIZE_AND_DELETE_SHA, len(chunk), *chunk, *argv))
-            owner.append(job)
-    return [("SCRIPT", "LOAD", SIZE_AND_DELETE_LUA), *calls], owner
 
 
 def _newest_keys(docs: Sequence[_Doc]) -> dict[str, _Doc]:
