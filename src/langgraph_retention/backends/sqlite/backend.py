@@ -94,20 +94,42 @@ FROM checkpoints
 WHERE thread_id IN (SELECT value FROM json_each(?))
 """
 
-DOOMED_WRITES_SIZE_SQL = """
-SELECT count(*), coalesce(sum(length(value)), 0)
-FROM writes
-WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id IN (SELECT value FROM json_each(?))
+# The batch's doomed checkpoints travel as one JSON array of [thread, ns, id] triples:
+# one statement per batch, not one per (thread, namespace). Each triple is a primary-key
+# search; the deletes collect the matching rowids first (`rowid IN (...)` builds a sorted
+# set) and then visit the table in ascending rowid order, so a leaf page holding rows of
+# several doomed checkpoints is reached once, in file order.
+DOOMED_KEYS = """
+SELECT json_extract(d.value, '$[0]') AS thread_id, json_extract(d.value, '$[1]') AS ns,
+       json_extract(d.value, '$[2]') AS checkpoint_id
+FROM json_each(?) AS d
 """
 
-DELETE_WRITES_SQL = """
-DELETE FROM writes
-WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id IN (SELECT value FROM json_each(?))
+DOOMED_WRITES_SIZE_SQL = f"""
+WITH doomed AS ({DOOMED_KEYS})
+SELECT w.thread_id, count(*), coalesce(sum(length(w.value)), 0)
+FROM doomed AS d
+JOIN writes AS w
+  ON w.thread_id = d.thread_id AND w.checkpoint_ns = d.ns AND w.checkpoint_id = d.checkpoint_id
+GROUP BY w.thread_id
 """
 
-DELETE_CHECKPOINTS_SQL = """
-DELETE FROM checkpoints
-WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id IN (SELECT value FROM json_each(?))
+DELETE_WRITES_SQL = f"""
+WITH doomed AS ({DOOMED_KEYS})
+DELETE FROM writes WHERE rowid IN (
+    SELECT w.rowid FROM doomed AS d
+    JOIN writes AS w
+      ON w.thread_id = d.thread_id AND w.checkpoint_ns = d.ns AND w.checkpoint_id = d.checkpoint_id
+)
+"""
+
+DELETE_CHECKPOINTS_SQL = f"""
+WITH doomed AS ({DOOMED_KEYS})
+DELETE FROM checkpoints WHERE rowid IN (
+    SELECT c.rowid FROM doomed AS d
+    JOIN checkpoints AS c
+      ON c.thread_id = d.thread_id AND c.checkpoint_ns = d.ns AND c.checkpoint_id = d.checkpoint_id
+)
 """
 
 FIRST_THREAD_PAGE_SQL = """
@@ -206,6 +228,7 @@ def _prune_program(
     tag_set = frozenset({tag}) if tag is not None else frozenset()
     expiries = expire or {}
     results: list[ThreadResult] = []
+    doomed_keys: list[list[str]] = []  # [thread, ns, id] of every doomed checkpoint
     for tid in thread_ids:
         trows = by_thread.get(tid, [])
         names_by_ns: dict[str, set[str]] = defaultdict(set)
@@ -255,15 +278,19 @@ def _prune_program(
             results.append(result)
             continue
         for ns, doomed in plan.delete.items():
-            doomed_json = json.dumps(doomed)
-            ((n_writes, doomed_write_bytes),) = yield DOOMED_WRITES_SIZE_SQL, (tid, ns, doomed_json)
             result.deleted_checkpoints += len(doomed)
-            result.deleted_writes += n_writes
-            result.bytes_freed += doomed_write_bytes + sum(sizes[(ns, cid)] for cid in doomed)
-            if not dry_run:
-                yield DELETE_WRITES_SQL, (tid, ns, doomed_json)
-                yield DELETE_CHECKPOINTS_SQL, (tid, ns, doomed_json)
+            result.bytes_freed += sum(sizes[(ns, cid)] for cid in doomed)
+            doomed_keys.extend([tid, ns, cid] for cid in doomed)
         results.append(result)
+    if doomed_keys:
+        doomed_json = json.dumps(doomed_keys)
+        by_id = {r.thread_id: r for r in results}
+        for tid, n_writes, doomed_write_bytes in (yield DOOMED_WRITES_SIZE_SQL, (doomed_json,)):
+            by_id[tid].deleted_writes += n_writes
+            by_id[tid].bytes_freed += doomed_write_bytes
+        if not dry_run:
+            yield DELETE_WRITES_SQL, (doomed_json,)
+            yield DELETE_CHECKPOINTS_SQL, (doomed_json,)
     return results
 
 
