@@ -211,14 +211,15 @@ def query_plans(path: Path) -> None:
             )
         ]
     )
+    rowids = json.dumps([r[0] for r in conn.execute("SELECT rowid FROM checkpoints LIMIT 60")])
     statements: dict[str, tuple[str, Any]] = {
         "FIRST_THREAD_PAGE_SQL": (b.FIRST_THREAD_PAGE_SQL, (100,)),
         "NEXT_THREAD_PAGE_SQL": (b.NEXT_THREAD_PAGE_SQL, (tid, 100)),
         "INDEX_SQL": (b.INDEX_SQL, {"threads": ids, "tag_path": None, "tag_text": None}),
         "SPECIAL_WRITES_SQL": (b.SPECIAL_WRITES_SQL, (ids,)),
-        "DOOMED_WRITES_SIZE_SQL": (b.DOOMED_WRITES_SIZE_SQL, (keys,)),
-        "DELETE_WRITES_SQL": (b.DELETE_WRITES_SQL, (keys,)),
-        "DELETE_CHECKPOINTS_SQL": (b.DELETE_CHECKPOINTS_SQL, (keys,)),
+        "DOOMED_WRITES_SQL": (b.DOOMED_WRITES_SQL, (keys,)),
+        "DELETE_WRITES_SQL": (b.DELETE_WRITES_SQL, (rowids,)),
+        "DELETE_CHECKPOINTS_SQL": (b.DELETE_CHECKPOINTS_SQL, (rowids,)),
         "CHECKPOINT_STATS_SQL": (b.CHECKPOINT_STATS_SQL, (ids,)),
         "WRITE_STATS_SQL": (b.WRITE_STATS_SQL, (ids,)),
     }

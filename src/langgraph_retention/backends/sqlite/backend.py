@@ -48,7 +48,8 @@ SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
        CASE WHEN instr(CAST(metadata AS TEXT), 'counters_since_delta_snapshot')
             THEN json_extract(CAST(metadata AS TEXT), '$.counters_since_delta_snapshot') END,
        CASE WHEN :tag_path IS NOT NULL AND instr(CAST(metadata AS TEXT), :tag_text)
-            THEN json_extract(CAST(metadata AS TEXT), :tag_path) END
+            THEN json_extract(CAST(metadata AS TEXT), :tag_path) END,
+       rowid
 FROM checkpoints
 WHERE thread_id IN (SELECT value FROM json_each(:threads))
 """
@@ -94,43 +95,31 @@ FROM checkpoints
 WHERE thread_id IN (SELECT value FROM json_each(?))
 """
 
-# The batch's doomed checkpoints travel as one JSON array of [thread, ns, id] triples:
-# one statement per batch, not one per (thread, namespace). Each triple is a primary-key
-# search; the deletes collect the matching rowids first (`rowid IN (...)` builds a sorted
-# set) and then visit the table in ascending rowid order, so a leaf page holding rows of
-# several doomed checkpoints is reached once, in file order.
-DOOMED_KEYS = """
+# A batch's deletes go by rowid: the checkpoints' rowids come with the index read, the
+# doomed writes' with their sizes. Rowids are stable inside the write transaction that
+# read them. Sorted, they visit each table in file order (a leaf page holding rows of
+# several doomed checkpoints is reached once). The rowid list is a plain `json_each`
+# column: a function call in a multi-row DELETE (`json_extract`, say) makes SQLite keep a
+# statement journal, which for a batch's thousands of pages spills to a temp file.
+DOOMED_KEYS_SQL = """
 SELECT json_extract(d.value, '$[0]') AS thread_id, json_extract(d.value, '$[1]') AS ns,
        json_extract(d.value, '$[2]') AS checkpoint_id
 FROM json_each(?) AS d
 """
 
-DOOMED_WRITES_SIZE_SQL = f"""
-WITH doomed AS ({DOOMED_KEYS})
-SELECT w.thread_id, count(*), coalesce(sum(length(w.value)), 0)
+# Every write of the batch's doomed checkpoints ([thread, ns, id] triples, one JSON array):
+# its rowid (for the delete), thread and bytes (for the report).
+DOOMED_WRITES_SQL = f"""
+WITH doomed AS ({DOOMED_KEYS_SQL})
+SELECT w.rowid, w.thread_id, coalesce(length(w.value), 0)
 FROM doomed AS d
 JOIN writes AS w
   ON w.thread_id = d.thread_id AND w.checkpoint_ns = d.ns AND w.checkpoint_id = d.checkpoint_id
-GROUP BY w.thread_id
 """
 
-DELETE_WRITES_SQL = f"""
-WITH doomed AS ({DOOMED_KEYS})
-DELETE FROM writes WHERE rowid IN (
-    SELECT w.rowid FROM doomed AS d
-    JOIN writes AS w
-      ON w.thread_id = d.thread_id AND w.checkpoint_ns = d.ns AND w.checkpoint_id = d.checkpoint_id
-)
-"""
+DELETE_WRITES_SQL = "DELETE FROM writes WHERE rowid IN (SELECT value FROM json_each(?))"
 
-DELETE_CHECKPOINTS_SQL = f"""
-WITH doomed AS ({DOOMED_KEYS})
-DELETE FROM checkpoints WHERE rowid IN (
-    SELECT c.rowid FROM doomed AS d
-    JOIN checkpoints AS c
-      ON c.thread_id = d.thread_id AND c.checkpoint_ns = d.ns AND c.checkpoint_id = d.checkpoint_id
-)
-"""
+DELETE_CHECKPOINTS_SQL = "DELETE FROM checkpoints WHERE rowid IN (SELECT value FROM json_each(?))"
 
 FIRST_THREAD_PAGE_SQL = """
 SELECT DISTINCT thread_id FROM checkpoints ORDER BY thread_id LIMIT ?
@@ -229,6 +218,7 @@ def _prune_program(
     expiries = expire or {}
     results: list[ThreadResult] = []
     doomed_keys: list[list[str]] = []  # [thread, ns, id] of every doomed checkpoint
+    doomed_rowids: list[int] = []
     for tid in thread_ids:
         trows = by_thread.get(tid, [])
         names_by_ns: dict[str, set[str]] = defaultdict(set)
@@ -237,8 +227,10 @@ def _prune_program(
                 names_by_ns[r[1]].update(json.loads(r[6]))
         entries = []
         sizes: dict[tuple[str, str], int] = {}
-        for _tid, ns, cid, parent, size, parents_json, _counters, _tag in trows:
+        rowids: dict[tuple[str, str], int] = {}
+        for _tid, ns, cid, parent, size, parents_json, _counters, _tag, rowid in trows:
             sizes[(ns, cid)] = size
+            rowids[(ns, cid)] = rowid
             names = names_by_ns.get(ns)
             needs: frozenset[str] = frozenset()
             if names:
@@ -281,16 +273,18 @@ def _prune_program(
             result.deleted_checkpoints += len(doomed)
             result.bytes_freed += sum(sizes[(ns, cid)] for cid in doomed)
             doomed_keys.extend([tid, ns, cid] for cid in doomed)
+            doomed_rowids.extend(rowids[(ns, cid)] for cid in doomed)
         results.append(result)
     if doomed_keys:
-        doomed_json = json.dumps(doomed_keys)
         by_id = {r.thread_id: r for r in results}
-        for tid, n_writes, doomed_write_bytes in (yield DOOMED_WRITES_SIZE_SQL, (doomed_json,)):
-            by_id[tid].deleted_writes += n_writes
-            by_id[tid].bytes_freed += doomed_write_bytes
+        write_rowids = []
+        for rowid, tid, size in (yield DOOMED_WRITES_SQL, (json.dumps(doomed_keys),)):
+            write_rowids.append(rowid)
+            by_id[tid].deleted_writes += 1
+            by_id[tid].bytes_freed += size
         if not dry_run:
-            yield DELETE_WRITES_SQL, (doomed_json,)
-            yield DELETE_CHECKPOINTS_SQL, (doomed_json,)
+            yield DELETE_WRITES_SQL, (json.dumps(sorted(write_rowids)),)
+            yield DELETE_CHECKPOINTS_SQL, (json.dumps(sorted(doomed_rowids)),)
     return results
 
 
