@@ -31,6 +31,7 @@ from langgraph_retention.policy import (
 from langgraph_retention.report import ThreadResult, ThreadStats
 
 from ..base import Backend, Span, decide, gc_paused
+from .cache import restore_cache_sql, widen_cache_program
 from .lock import FileSweepLock
 from .schema import database_file_program, missing_table, missing_tables_program, not_ready
 
@@ -323,9 +324,22 @@ def _thread_page_program(after: str | None) -> Program[list[str]]:
 # -- drivers ------------------------------------------------------------------------------
 
 
+def _drive(cur: Any, program: Program[R]) -> R:
+    """Run a program's statements as they come, in no transaction of its own."""
+    try:
+        sql, params = next(program)
+        while True:
+            cur.execute(sql, params)
+            sql, params = program.send(cur.fetchall())
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
 def _run(conn: Any, program: Program[R], *, write: bool) -> R:
-    """Run a program on a sqlite3 connection inside one transaction."""
+    """Run a program on a sqlite3 connection inside one transaction (a write transaction
+    with our wider page cache, the connection's own put back after it)."""
     cur = conn.cursor()
+    restore = _drive(cur, widen_cache_program()) if write else None
     try:
         cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         sql, params = next(program)
@@ -340,11 +354,26 @@ def _run(conn: Any, program: Program[R], *, write: bool) -> R:
         conn.rollback()
         raise
     finally:
+        if restore is not None:
+            cur.execute(restore_cache_sql(restore))
         cur.close()
 
 
+async def _adrive(conn: Any, program: Program[R]) -> R:
+    """`_drive` on an aiosqlite connection."""
+    try:
+        sql, params = next(program)
+        while True:
+            async with conn.execute(sql, params) as cur:
+                rows = await cur.fetchall()
+            sql, params = program.send(list(rows))
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
 async def _arun(conn: Any, program: Program[R], *, write: bool) -> R:
-    """Run a program on an aiosqlite connection inside one transaction."""
+    """Run a program on an aiosqlite connection inside one transaction (as `_run`)."""
+    restore = await _adrive(conn, widen_cache_program()) if write else None
     try:
         await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         sql, params = next(program)
@@ -359,6 +388,9 @@ async def _arun(conn: Any, program: Program[R], *, write: bool) -> R:
     except BaseException:
         await conn.rollback()
         raise
+    finally:
+        if restore is not None:
+            await conn.execute(restore_cache_sql(restore))
 
 
 class SqliteBackend(Backend):
