@@ -78,9 +78,14 @@ ISOLATION_SQL = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
 # estimated cost of a batch crosses its threshold, longer than the statements run. No
 # wait for the WAL flush at commit: a prune lost to a server crash in the next fraction
 # of a second just comes back whole (the transaction is atomic) and reruns, while the
-# app's own commits do not queue behind our fsyncs.
+# app's own commits do not queue behind our fsyncs. A work_mem big enough for a batch's
+# doomed ids and blob references: at the default 4 MB the hashes of a batch of 1,000
+# threads (55,000 doomed ids) spilled to disk in several batches, and a multi-batch hash
+# join hands its rows to the DELETE out of physical order, so the DELETE re-read pages
+# already evicted (at 2,000 scattered threads: 30,000 extra page reads per batch).
 SETTINGS_SQL = (
-    "SELECT set_config('jit', 'off', true), set_config('synchronous_commit', 'off', true)"
+    "SELECT set_config('jit', 'off', true), set_config('synchronous_commit', 'off', true),"
+    " set_config('work_mem', '64MB', true)"
 )
 
 # The index, one row per checkpoint. `parents` only matters in subgraph call namespaces;
