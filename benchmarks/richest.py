@@ -8,6 +8,7 @@ one per thread, the byte cap does not bind and no thread has idled long enough t
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from langgraph_retention import RetentionPolicy
@@ -29,3 +30,8 @@ def richest(keep: int) -> RetentionPolicy:
         max_age=timedelta(days=3650),
         timezone="Europe/Berlin",
     )
+
+
+def richest_uncapped(keep: int) -> RetentionPolicy:
+    """The richest policy without `max_bytes`: what the byte cap alone costs, by difference."""
+    return replace(richest(keep), max_bytes=None)

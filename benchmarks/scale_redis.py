@@ -7,7 +7,10 @@ through JSON.SET (their `thread_id` field rewritten), registries and pointers re
 too. Every contender runs on a FRESH server holding exactly that data (no blocking
 FLUSHDB of millions of module keys). Ours runs in a fresh child process so its peak RSS
 is the sweep's own. During each run a probe PINGs the server every 10 ms (worst PING
-reported), and SLOWLOG (threshold 50 ms) gives the slowest server command.
+reported), and SLOWLOG (threshold 50 ms) gives the slowest server command. Then ours
+again while an app chats on the same server: its put latency (median, p99) during our
+sweep, against 5 s of chatting before it. On the largest size also the CLI's `stats
+--top 10` (time, peak RSS), on the floor's copy before the floor prunes it.
 
     python benchmarks/scale_redis.py [--sizes 200,2000] [--base 40] [--checkpoints 60]
 """
@@ -18,6 +21,7 @@ import argparse
 import importlib
 import json
 import random
+import statistics
 import subprocess
 import sys
 import threading
@@ -41,8 +45,14 @@ PIPELINE = 2000
 SLOW_US = 50_000
 Record = tuple[str, str, Any]  # key, type, value
 
-CHILD = """
-import resource, sys, time
+#: Peak RSS from VmHWM, not `ru_maxrss`: Linux carries `ru_maxrss` across exec, so a child
+#: forked from this (big) process would report the parent's size.
+PEAK_RSS_MB = (
+    "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) // 1024"
+)
+
+CHILD = f"""
+import sys, time
 from langgraph.checkpoint.redis import RedisSaver
 from langgraph_retention import RetentionPolicy, sweep
 with RedisSaver.from_conn_string(sys.argv[1]) as saver:
@@ -50,7 +60,17 @@ with RedisSaver.from_conn_string(sys.argv[1]) as saver:
     report = sweep(saver, RetentionPolicy(keep_last=int(sys.argv[2])))
     elapsed = time.perf_counter() - t0
 assert report.ok, report.errors
-print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+print(elapsed, {PEAK_RSS_MB})
+"""
+
+
+CHILD_STATS = f"""
+import contextlib, io, sys, time
+from langgraph_retention.cli import main
+t = time.perf_counter()
+with contextlib.redirect_stdout(io.StringIO()):
+    rc = main(["stats", "--url", sys.argv[1], "--top", "10"])
+print(time.perf_counter() - t, {PEAK_RSS_MB}, rc)
 """
 
 
@@ -134,41 +154,85 @@ class Probe:
         self.client.close()
 
 
-def run_one(name: str, base: dict[str, list[Record]], threads: int, keep: int) -> dict[str, Any]:
-    """One contender on a fresh server with the size's data: seconds, RSS, slowlog, PING."""
+def put_latencies(url: str, seconds: float, running: Any = None) -> list[float]:
+    """Latencies of an app's checkpoint puts (one chat turn = 5 puts, timed per turn / 5),
+    on connections named `app` (so SLOWLOG can tell them apart): for `seconds`, or for as
+    long as `running()` says."""
+    lat: list[float] = []
+    with RedisSaver.from_conn_string(_named(url, "app")) as saver:
+        graph = build_agent(saver)
+        end = time.perf_counter() + seconds
+        i = 0
+        while running() if running is not None else time.perf_counter() < end:
+            start = time.perf_counter()
+            chat(graph, f"app:{i % 7}", 1)
+            lat.append((time.perf_counter() - start) / 5)
+            i += 1
+    return lat
+
+
+def _named(url: str, name: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}client_name={name}"
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def run_one(
+    name: str, base: dict[str, list[Record]], threads: int, keep: int, *, stats: bool = False
+) -> dict[str, Any]:
+    """One contender on a fresh server with the size's data: seconds, RSS, SLOWLOG, PING.
+
+    `ours+app` is ours again while an app chats on the same server: its put latency
+    during the sweep, against 5 s of chatting before it (on two shared cores the app also
+    takes CPU from the sweep, so its time is not compared). With `stats`, the CLI's
+    `stats --top 10` runs first. SLOWLOG leaves out the app's and the probe's commands."""
+    out: dict[str, Any] = {"rss_mb": None, "idle": [], "busy": [], "stats": None}
     with fixtures.redis_stack_server() as url:
         replicate(url, base, threads)
         client = redis.Redis.from_url(url, protocol=2, decode_responses=True)
         client.config_set("slowlog-log-slower-than", SLOW_US)
         client.config_set("slowlog-max-len", 1024)
+        if stats:
+            line = subprocess.run(
+                [sys.executable, "-c", CHILD_STATS, url], check=True, capture_output=True, text=True
+            ).stdout.split()
+            out["stats"] = (float(line[0]), int(line[1]))
+        app = name == "ours+app"
+        if app:
+            out["idle"] = put_latencies(url, 5.0)
         client.slowlog_reset()
-        rss = None
-        with Probe(url) as probe:
+        with Probe(_named(url, "probe")) as probe:
             start = time.perf_counter()
-            if name == "ours":
-                out = subprocess.run(
+            if name.startswith("ours"):
+                proc = subprocess.Popen(
                     [sys.executable, "-c", CHILD, url, str(keep)],
-                    check=True, capture_output=True, text=True,
-                ).stdout.split()  # fmt: skip
-                seconds, rss = float(out[0]), int(out[1])
+                    stdout=subprocess.PIPE, text=True,
+                )  # fmt: skip
+                if app:
+                    out["busy"] = put_latencies(url, 0.0, running=lambda: proc.poll() is None)
+                reply, _ = proc.communicate()
+                assert proc.returncode == 0, "our sweep failed"
+                seconds_text, rss_text = reply.split()
+                out["seconds"], out["rss_mb"] = float(seconds_text), int(rss_text)
             else:
                 (bench.floor if name == "floor" else bench.upstream)(
                     url, keep, [f"t{j:06d}" for j in range(threads)]
                 )
-                seconds = time.perf_counter() - start
-        slow = client.slowlog_get(1024)
+                out["seconds"] = time.perf_counter() - start
+        slow = [e for e in client.slowlog_get(1024) if e.get("client_name") not in ("app", "probe")]
         worst = max(slow, key=lambda e: e["duration"], default=None)
-        left = bench.leftovers(redis.Redis.from_url(url, protocol=2))
+        out["left"] = bench.leftovers(redis.Redis.from_url(url, protocol=2))
         client.close()
-    return {
-        "seconds": seconds,
-        "rss_mb": rss,
-        "slow_count": len(slow),
-        "slow_max_ms": worst["duration"] / 1000 if worst else 0.0,
-        "slow_cmd": (" ".join(map(str, worst["command"].split()[:3])) if worst else ""),
-        "ping_ms": probe.worst * 1000,
-        "left": left,
-    }
+    out.update(
+        slow_count=len(slow),
+        slow_max_ms=worst["duration"] / 1000 if worst else 0.0,
+        slow_cmd=" ".join(map(str, worst["command"].split()[:3])) if worst else "",
+        ping_ms=probe.worst * 1000,
+    )
+    return out
 
 
 def main() -> None:
@@ -193,10 +257,14 @@ def main() -> None:
         f"{'threads':>8} {'way':10} {'seconds':>8} {'x floor':>8} {'s/1k cp':>8} {'RSS MB':>7} "
         f"{'slow>50ms':>9} {'max ms':>7} {'PING ms':>8} {'left':>7}  slowest"
     )
-    rows = []
+    rows, notes = [], []
     for threads in sizes:
         ways = ["floor", "ours"] + (["upstream"] if threads <= args.upstream_max else [])
-        res = {w: run_one(w, base, threads, args.keep) for w in ways}
+        ways.append("ours+app")
+        res = {
+            w: run_one(w, base, threads, args.keep, stats=w == "floor" and threads == sizes[-1])
+            for w in ways
+        }
         cps = threads * per_thread / 1000
         for w in ways:
             r = res[w]
@@ -207,8 +275,19 @@ def main() -> None:
                 f"{r['ping_ms']:8.1f} {r['left'][0]:7d}  {r['slow_cmd']}"
             )
             print(rows[-1], flush=True)
+        idle, busy, ms = res["ours+app"]["idle"], res["ours+app"]["busy"], 1000
+        notes.append(
+            f"put latency at {threads} threads (ms): idle median {ms * statistics.median(idle):.1f}"
+            f" p99 {ms * pct(idle, 0.99):.1f}; during our sweep median "
+            f"{ms * statistics.median(busy):.1f} p99 {ms * pct(busy, 0.99):.1f} ({len(busy)} turns)"
+        )
+        if res["floor"]["stats"]:
+            seconds, rss = res["floor"]["stats"]
+            notes.append(f"stats --top 10 at {threads} threads: {seconds:.2f}s, peak RSS {rss} MB")
+        print(notes[-1], flush=True)
     print("\n" + header)
     print("\n".join(rows))
+    print("\n".join(notes))
 
 
 if __name__ == "__main__":

@@ -203,22 +203,23 @@ def query_plans(path: Path) -> None:
     conn = sqlite3.connect(str(path))
     tid = conn.execute("SELECT thread_id FROM checkpoints LIMIT 1").fetchone()[0]
     ids = json.dumps([tid])
-    cids = json.dumps(
+    keys = json.dumps(
         [
-            r[0]
-            for r in conn.execute(
-                "SELECT checkpoint_id FROM checkpoints WHERE thread_id = ?", (tid,)
+            [tid, ns, cid]
+            for ns, cid in conn.execute(
+                "SELECT checkpoint_ns, checkpoint_id FROM checkpoints WHERE thread_id = ?", (tid,)
             )
         ]
     )
+    rowids = json.dumps([r[0] for r in conn.execute("SELECT rowid FROM checkpoints LIMIT 60")])
     statements: dict[str, tuple[str, Any]] = {
         "FIRST_THREAD_PAGE_SQL": (b.FIRST_THREAD_PAGE_SQL, (100,)),
         "NEXT_THREAD_PAGE_SQL": (b.NEXT_THREAD_PAGE_SQL, (tid, 100)),
         "INDEX_SQL": (b.INDEX_SQL, {"threads": ids, "tag_path": None, "tag_text": None}),
         "SPECIAL_WRITES_SQL": (b.SPECIAL_WRITES_SQL, (ids,)),
-        "DOOMED_WRITES_SIZE_SQL": (b.DOOMED_WRITES_SIZE_SQL, (tid, "", cids)),
-        "DELETE_WRITES_SQL": (b.DELETE_WRITES_SQL, (tid, "", cids)),
-        "DELETE_CHECKPOINTS_SQL": (b.DELETE_CHECKPOINTS_SQL, (tid, "", cids)),
+        "DOOMED_WRITES_SQL": (b.DOOMED_WRITES_SQL, (keys,)),
+        "DELETE_WRITES_SQL": (b.DELETE_WRITES_SQL, (rowids,)),
+        "DELETE_CHECKPOINTS_SQL": (b.DELETE_CHECKPOINTS_SQL, (rowids,)),
         "CHECKPOINT_STATS_SQL": (b.CHECKPOINT_STATS_SQL, (ids,)),
         "WRITE_STATS_SQL": (b.WRITE_STATS_SQL, (ids,)),
     }

@@ -30,7 +30,9 @@ from langgraph_retention import (
 )
 from langgraph_retention.backends import resolve_backend
 from langgraph_retention.backends.redis import backend as redis_backend
-from langgraph_retention.backends.redis.backend import IDS_PER_QUERY, RedisUnavailableError
+from langgraph_retention.backends.redis import scripts as redis_scripts
+from langgraph_retention.backends.redis.backend import RedisUnavailableError
+from langgraph_retention.backends.redis.search import IDS_PER_QUERY
 from langgraph_retention.demo import SEED_THREAD_ID, chat
 
 from .fixtures_redis import flush, open_async_saver, redis_stack_server
@@ -504,7 +506,7 @@ def test_the_delete_script_leaves_a_thread_whose_pointer_moved_whole(
     graph.invoke({"messages": [HumanMessage("two")]}, config("t"))  # the pointer moves on
 
     reply = client.eval(
-        redis_backend.SIZE_AND_DELETE_LUA, len(keys), *keys, "1", "1", pointer, seen_newest
+        redis_scripts.SIZE_AND_DELETE_LUA, len(keys), *keys, "1", "1", pointer, seen_newest
     )
 
     assert reply == -1 and all(client.exists(k) for k in keys)

@@ -30,6 +30,7 @@ from langgraph_retention.policy import (
 from langgraph_retention.report import ThreadResult, ThreadStats
 
 from ..base import Backend, Expire, Span, decide, gc_paused
+from .cache import restore_cache_sql, widen_cache_program
 from .lock import FileSweepLock
 from .schema import database_file_program, missing_table, missing_tables_program, not_ready
 
@@ -47,7 +48,8 @@ SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
        CASE WHEN instr(CAST(metadata AS TEXT), 'counters_since_delta_snapshot')
             THEN json_extract(CAST(metadata AS TEXT), '$.counters_since_delta_snapshot') END,
        CASE WHEN :tag_path IS NOT NULL AND instr(CAST(metadata AS TEXT), :tag_text)
-            THEN json_extract(CAST(metadata AS TEXT), :tag_path) END
+            THEN json_extract(CAST(metadata AS TEXT), :tag_path) END,
+       rowid
 FROM checkpoints
 WHERE thread_id IN (SELECT value FROM json_each(:threads))
 """
@@ -93,21 +95,31 @@ FROM checkpoints
 WHERE thread_id IN (SELECT value FROM json_each(?))
 """
 
-DOOMED_WRITES_SIZE_SQL = """
-SELECT count(*), coalesce(sum(length(value)), 0)
-FROM writes
-WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id IN (SELECT value FROM json_each(?))
+# A batch's deletes go by rowid: the checkpoints' rowids come with the index read, the
+# doomed writes' with their sizes. Rowids are stable inside the write transaction that
+# read them. Sorted, they visit each table in file order (a leaf page holding rows of
+# several doomed checkpoints is reached once). The rowid list is a plain `json_each`
+# column: a function call in a multi-row DELETE (`json_extract`, say) makes SQLite keep a
+# statement journal, which for a batch's thousands of pages spills to a temp file.
+DOOMED_KEYS_SQL = """
+SELECT json_extract(d.value, '$[0]') AS thread_id, json_extract(d.value, '$[1]') AS ns,
+       json_extract(d.value, '$[2]') AS checkpoint_id
+FROM json_each(?) AS d
 """
 
-DELETE_WRITES_SQL = """
-DELETE FROM writes
-WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id IN (SELECT value FROM json_each(?))
+# Every write of the batch's doomed checkpoints ([thread, ns, id] triples, one JSON array):
+# its rowid (for the delete), thread and bytes (for the report).
+DOOMED_WRITES_SQL = f"""
+WITH doomed AS ({DOOMED_KEYS_SQL})
+SELECT w.rowid, w.thread_id, coalesce(length(w.value), 0)
+FROM doomed AS d
+JOIN writes AS w
+  ON w.thread_id = d.thread_id AND w.checkpoint_ns = d.ns AND w.checkpoint_id = d.checkpoint_id
 """
 
-DELETE_CHECKPOINTS_SQL = """
-DELETE FROM checkpoints
-WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id IN (SELECT value FROM json_each(?))
-"""
+DELETE_WRITES_SQL = "DELETE FROM writes WHERE rowid IN (SELECT value FROM json_each(?))"
+
+DELETE_CHECKPOINTS_SQL = "DELETE FROM checkpoints WHERE rowid IN (SELECT value FROM json_each(?))"
 
 FIRST_THREAD_PAGE_SQL = """
 SELECT DISTINCT thread_id FROM checkpoints ORDER BY thread_id LIMIT ?
@@ -204,6 +216,8 @@ def _prune_program(
 
     tag_set = frozenset({tag}) if tag is not None else frozenset()
     results: list[ThreadResult] = []
+    doomed_keys: list[list[str]] = []  # [thread, ns, id] of every doomed checkpoint
+    doomed_rowids: list[int] = []
     for tid in thread_ids:
         trows = by_thread.get(tid, [])
         names_by_ns: dict[str, set[str]] = defaultdict(set)
@@ -212,8 +226,10 @@ def _prune_program(
                 names_by_ns[r[1]].update(json.loads(r[6]))
         entries = []
         sizes: dict[tuple[str, str], int] = {}
-        for _tid, ns, cid, parent, size, parents_json, _counters, _tag in trows:
+        rowids: dict[tuple[str, str], int] = {}
+        for _tid, ns, cid, parent, size, parents_json, _counters, _tag, rowid in trows:
             sizes[(ns, cid)] = size
+            rowids[(ns, cid)] = rowid
             names = names_by_ns.get(ns)
             needs: frozenset[str] = frozenset()
             if names:
@@ -251,15 +267,21 @@ def _prune_program(
             results.append(result)
             continue
         for ns, doomed in plan.delete.items():
-            doomed_json = json.dumps(doomed)
-            ((n_writes, doomed_write_bytes),) = yield DOOMED_WRITES_SIZE_SQL, (tid, ns, doomed_json)
             result.deleted_checkpoints += len(doomed)
-            result.deleted_writes += n_writes
-            result.bytes_freed += doomed_write_bytes + sum(sizes[(ns, cid)] for cid in doomed)
-            if not dry_run:
-                yield DELETE_WRITES_SQL, (tid, ns, doomed_json)
-                yield DELETE_CHECKPOINTS_SQL, (tid, ns, doomed_json)
+            result.bytes_freed += sum(sizes[(ns, cid)] for cid in doomed)
+            doomed_keys.extend([tid, ns, cid] for cid in doomed)
+            doomed_rowids.extend(rowids[(ns, cid)] for cid in doomed)
         results.append(result)
+    if doomed_keys:
+        by_id = {r.thread_id: r for r in results}
+        write_rowids = []
+        for rowid, tid, size in (yield DOOMED_WRITES_SQL, (json.dumps(doomed_keys),)):
+            write_rowids.append(rowid)
+            by_id[tid].deleted_writes += 1
+            by_id[tid].bytes_freed += size
+        if not dry_run:
+            yield DELETE_WRITES_SQL, (json.dumps(sorted(write_rowids)),)
+            yield DELETE_CHECKPOINTS_SQL, (json.dumps(sorted(doomed_rowids)),)
     return results
 
 
@@ -298,9 +320,22 @@ def _thread_page_program(after: str | None) -> Program[list[str]]:
 # -- drivers ------------------------------------------------------------------------------
 
 
+def _drive(cur: Any, program: Program[R]) -> R:
+    """Run a program's statements as they come, in no transaction of its own."""
+    try:
+        sql, params = next(program)
+        while True:
+            cur.execute(sql, params)
+            sql, params = program.send(cur.fetchall())
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
 def _run(conn: Any, program: Program[R], *, write: bool) -> R:
-    """Run a program on a sqlite3 connection inside one transaction."""
+    """Run a program on a sqlite3 connection inside one transaction (a write transaction
+    with our wider page cache, the connection's own put back after it)."""
     cur = conn.cursor()
+    restore = _drive(cur, widen_cache_program()) if write else None
     try:
         cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         sql, params = next(program)
@@ -315,11 +350,26 @@ def _run(conn: Any, program: Program[R], *, write: bool) -> R:
         conn.rollback()
         raise
     finally:
+        if restore is not None:
+            cur.execute(restore_cache_sql(restore))
         cur.close()
 
 
+async def _adrive(conn: Any, program: Program[R]) -> R:
+    """`_drive` on an aiosqlite connection."""
+    try:
+        sql, params = next(program)
+        while True:
+            async with conn.execute(sql, params) as cur:
+                rows = await cur.fetchall()
+            sql, params = program.send(list(rows))
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
 async def _arun(conn: Any, program: Program[R], *, write: bool) -> R:
-    """Run a program on an aiosqlite connection inside one transaction."""
+    """Run a program on an aiosqlite connection inside one transaction (as `_run`)."""
+    restore = await _adrive(conn, widen_cache_program()) if write else None
     try:
         await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         sql, params = next(program)
@@ -334,6 +384,9 @@ async def _arun(conn: Any, program: Program[R], *, write: bool) -> R:
     except BaseException:
         await conn.rollback()
         raise
+    finally:
+        if restore is not None:
+            await conn.execute(restore_cache_sql(restore))
 
 
 class SqliteBackend(Backend):
