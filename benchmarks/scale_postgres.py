@@ -1,19 +1,24 @@
 """PostgreSQL at scale: ours, the raw floor and upstream `prune` on big, scattered stores.
 
-Runs the real demo agent on `--seed-threads` threads once, then replicates them server-side
-under new thread ids IN RANDOM ORDER (one thread's rows spread over the whole table, as in
-production) up to each of `--sizes` threads, and on identical data (restored before each
-contender) times:
+Runs the real demo agent on `--seed-threads` threads once, then for each of `--sizes` builds
+ONE scattered copy of the store server-side (`CREATE TABLE AS`, the seed's rows under new
+thread ids IN RANDOM ORDER: one thread's rows spread over the whole table, as in
+production) and, before every contender, restores the saver's tables from it (TRUNCATE,
+INSERT ... SELECT in that order, VACUUM ANALYZE, CHECKPOINT), so each starts on the same
+physical layout. Times:
 
-- ours: `sweep` keeping `--keep`, in a fresh child process, so its peak RSS is the sweep's own;
+- ours: `sweep` keeping `--keep` at each of `--batch-sizes`, in a fresh child process, so
+  its peak RSS is the sweep's own; with the time each statement took over the sweep;
 - the floor: bench_postgres' one-statement raw SQL;
-- upstream `saver.prune(keep_latest)`, at the smallest size only (too slow beyond);
+- upstream `saver.prune(keep_latest)`, at `--upstream-sizes` only (the smallest by default:
+  it is too slow beyond);
 - the put latency (median, p99) of an app writing to the same store, with and without our
   sweep running, and the time and peak RSS of the CLI's `stats --top 10` on the largest store.
 
-    python benchmarks/scale_postgres.py [--sizes 200,2000,20000] [--checkpoints 60] [URL]
+    python benchmarks/scale_postgres.py [--sizes 200,2000,20000] [--batch-sizes 100,1000] [URL]
 
-Run it under `flock /tmp/bench.lock`: it takes minutes.
+Run it under `flock /tmp/bench.lock`: it takes about 20 minutes with 20,000 threads
+(`--rebuild-indexes`: faster restores, but compact indexes a grown store does not have).
 """
 
 from __future__ import annotations
@@ -37,57 +42,93 @@ from benchmarks.bench_postgres import TABLES, bench_database, build, floor, upst
 
 from langgraph_retention.demo import build_agent, chat
 
-# Copies of the seed threads, `copy` numbering the replica, each table's rows shuffled.
-REPLICATE_SQL = {
+# One scattered copy per size: `copies` replicas of the seed threads (`copy` numbering the
+# replica in the new thread id), each table's rows shuffled. Built once per size; every
+# contender's store is restored from it in that order.
+SCATTER_SQL = {
     "checkpoints": """
-        INSERT INTO checkpoints
-        SELECT 'r' || g || ':' || p.thread_id, p.checkpoint_ns, p.checkpoint_id,
+        CREATE TABLE scattered_checkpoints AS
+        SELECT 'r' || g || ':' || p.thread_id AS thread_id, p.checkpoint_ns, p.checkpoint_id,
                p.parent_checkpoint_id, p.type, p.checkpoint, p.metadata
         FROM pristine_checkpoints p CROSS JOIN generate_series(0, %(copies)s - 1) g
         ORDER BY random()""",
     "checkpoint_blobs": """
-        INSERT INTO checkpoint_blobs
-        SELECT 'r' || g || ':' || p.thread_id, p.checkpoint_ns, p.channel, p.version,
-               p.type, p.blob
+        CREATE TABLE scattered_checkpoint_blobs AS
+        SELECT 'r' || g || ':' || p.thread_id AS thread_id, p.checkpoint_ns, p.channel,
+               p.version, p.type, p.blob
         FROM pristine_checkpoint_blobs p CROSS JOIN generate_series(0, %(copies)s - 1) g
         ORDER BY random()""",
     "checkpoint_writes": """
-        INSERT INTO checkpoint_writes
-        SELECT 'r' || g || ':' || p.thread_id, p.checkpoint_ns, p.checkpoint_id, p.task_id,
-               p.idx, p.channel, p.type, p.blob, p.task_path
+        CREATE TABLE scattered_checkpoint_writes AS
+        SELECT 'r' || g || ':' || p.thread_id AS thread_id, p.checkpoint_ns, p.checkpoint_id,
+               p.task_id, p.idx, p.channel, p.type, p.blob, p.task_path
         FROM pristine_checkpoint_writes p CROSS JOIN generate_series(0, %(copies)s - 1) g
         ORDER BY random()""",
 }
 
-# Ours, in a child process: seconds and peak RSS (KiB on Linux) as JSON on stdout.
-CHILD_SWEEP = """
-import json, resource, sys, time
-from langgraph.checkpoint.postgres import PostgresSaver
-from langgraph_retention import RetentionPolicy, sweep
-with PostgresSaver.from_conn_string(sys.argv[1]) as saver:
-    t = time.perf_counter()
-    report = sweep(saver, RetentionPolicy(keep_last=int(sys.argv[2])))
-    elapsed = time.perf_counter() - t
-assert report.ok, report.errors
-print(json.dumps({"seconds": elapsed, "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "deleted": report.deleted_checkpoints}))
+# The saver's indexes and the constraint each backs (None: a plain index), to drop before
+# the bulk INSERT and rebuild after it with --rebuild-indexes: a sorted build instead of a
+# million random inserts halves the restore.
+INDEXES_SQL = """
+SELECT i.tablename, i.indexname, i.indexdef, c.conname, c.contype
+FROM pg_indexes i
+LEFT JOIN pg_constraint c ON c.conindid = format('%%I.%%I', i.schemaname, i.indexname)::regclass
+WHERE i.schemaname = current_schema() AND i.tablename = ANY(%(tables)s)
 """
 
-CHILD_STATS = """
-import contextlib, io, json, resource, sys, time
+# Peak RSS of this process in KiB: VmHWM, its own memory's high-water mark (getrusage's
+# ru_maxrss is not: Linux carries the parent's over fork and exec, so every child started
+# from this ~100 MB benchmark reported at least the benchmark's size).
+PEAK_RSS = """
+def peak_rss_kib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+"""
+
+# Ours, in a child process: seconds, peak RSS (KiB) and the seconds each of the backend's
+# statements took over the whole sweep (by constant name), as JSON on stdout.
+CHILD_SWEEP = (
+    PEAK_RSS
+    + """
+import collections, json, sys, time
+from langgraph.checkpoint.postgres import PostgresSaver
+from langgraph_retention import RetentionPolicy, sweep
+import langgraph_retention.backends.postgres.backend as backend
+
+names = {v: k for k, v in vars(backend).items() if k.endswith("_SQL") and isinstance(v, str)}
+spent = collections.Counter()
+execute = backend.Cursor.execute
+
+def timed_execute(self, query, params=None, **kw):
+    t = time.perf_counter()
+    try:
+        return execute(self, query, params, **kw)
+    finally:
+        spent[names.get(query, "other")] += time.perf_counter() - t
+
+backend.Cursor.execute = timed_execute
+with PostgresSaver.from_conn_string(sys.argv[1]) as saver:
+    t = time.perf_counter()
+    report = sweep(saver, RetentionPolicy(keep_last=int(sys.argv[2])), batch_size=int(sys.argv[3]))
+    elapsed = time.perf_counter() - t
+assert report.ok, report.errors
+print(json.dumps({"seconds": elapsed, "rss_kib": peak_rss_kib(),
+                  "deleted": report.deleted_checkpoints, "statements": spent}))
+"""
+)
+
+CHILD_STATS = (
+    PEAK_RSS
+    + """
+import contextlib, io, json, sys, time
 from langgraph_retention.cli import main
 t = time.perf_counter()
 with contextlib.redirect_stdout(io.StringIO()):
     rc = main(["stats", "--url", sys.argv[1], "--top", "10"])
 elapsed = time.perf_counter() - t
-print(json.dumps({"seconds": elapsed, "rc": rc,
-                  "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"seconds": elapsed, "rc": rc, "rss_kib": peak_rss_kib()}))
 """
-
-
-def sql(url: str, statement: str, params: Any = None) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(statement, params)
+)
 
 
 def scalar(url: str, statement: str) -> Any:
@@ -97,13 +138,43 @@ def scalar(url: str, statement: str) -> Any:
     return row[0]
 
 
-def restore_scattered(url: str, copies: int) -> None:
-    """The saver's tables: `copies` shuffled replicas of the seed, vacuumed, analyzed and
-    checkpointed, so each contender starts on the same physical layout."""
+def scatter(url: str, copies: int) -> None:
+    """This size's scattered copy of the seed, replacing the previous size's."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE " + ", ".join(TABLES))
         for table in TABLES:
-            conn.execute(REPLICATE_SQL[table], {"copies": copies})
+            conn.execute(f"DROP TABLE IF EXISTS scattered_{table}")
+            conn.execute(SCATTER_SQL[table], {"copies": copies})
+
+
+def restore(url: str, rebuild_indexes: bool = False) -> None:
+    """The saver's tables as the scattered copy, row for row in its order, vacuumed,
+    analyzed and checkpointed: every contender starts on the same physical layout.
+
+    The indexes are maintained row by row as the rows go in, in random key order, as an
+    app's inserts grow them (leaves part full, in no physical order); `rebuild_indexes`
+    drops them first and rebuilds them sorted after (half the restore time, but compact
+    indexes that make the floor up to 3x faster at 200 threads than on a grown store)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        indexes = conn.execute(INDEXES_SQL, {"tables": list(TABLES)}).fetchall()
+        conn.execute("TRUNCATE " + ", ".join(TABLES))
+        if not rebuild_indexes:
+            indexes = []
+        for table, name, _definition, constraint, _kind in indexes:
+            if constraint is not None:
+                conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{constraint}"')
+            else:
+                conn.execute(f'DROP INDEX "{name}"')
+        for table in TABLES:
+            conn.execute(f"INSERT INTO {table} SELECT * FROM scattered_{table}")
+        for table, _name, definition, constraint, kind in indexes:
+            if constraint is None:
+                conn.execute(definition)
+            else:
+                assert kind == "p", f"unexpected constraint {constraint} ({kind})"
+                columns = definition[definition.index("(") :]
+                conn.execute(
+                    f'ALTER TABLE {table} ADD CONSTRAINT "{constraint}" PRIMARY KEY {columns}'
+                )
         for table in TABLES:
             conn.execute(f"VACUUM ANALYZE {table}")
         conn.execute("CHECKPOINT")
@@ -116,8 +187,8 @@ def child(code: str, *args: str) -> dict[str, Any]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def ours(url: str, keep: int) -> dict[str, Any]:
-    return child(CHILD_SWEEP, url, str(keep))
+def ours(url: str, keep: int, batch_size: int) -> dict[str, Any]:
+    return child(CHILD_SWEEP, url, str(keep), str(batch_size))
 
 
 def timed(fn: Any, url: str, keep: int) -> float:
@@ -150,68 +221,98 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
+def ints(text: str) -> list[int]:
+    return [int(s) for s in text.split(",") if s]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("url", nargs="?", help="postgresql:// URL (default: local or throwaway)")
     ap.add_argument("--sizes", default="200,2000,20000")
+    ap.add_argument("--batch-sizes", default="100", help="ours at each of these batch sizes")
+    ap.add_argument("--upstream-sizes", default=None, help="default: the smallest size")
     ap.add_argument("--seed-threads", type=int, default=200)
     ap.add_argument("--checkpoints", type=int, default=60)
     ap.add_argument("--keep", type=int, default=5)
+    ap.add_argument("--latency-batch", type=int, default=None, help="default: the first")
+    ap.add_argument(
+        "--rebuild-indexes", action="store_true", help="faster restores, compact indexes"
+    )
     args = ap.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes, batches = ints(args.sizes), ints(args.batch_sizes)
+    upstream_sizes = ints(args.upstream_sizes) if args.upstream_sizes is not None else sizes[:1]
+    latency_batch = args.latency_batch or batches[0]
 
     rows = []
     with bench_database(args.url) as url:
         t0 = time.perf_counter()
         build(url, args.seed_threads, args.checkpoints)
         print(f"seed: {args.seed_threads} threads in {time.perf_counter() - t0:.1f}s", flush=True)
-        for n, size in enumerate(sizes):
+        for size in sizes:
             copies = max(1, size // args.seed_threads)
             t0 = time.perf_counter()
-            restore_scattered(url, copies)
+            scatter(url, copies)
+            t1 = time.perf_counter()
+            restore(url, args.rebuild_indexes)
             total = scalar(url, "SELECT count(*) FROM checkpoints")
-            mb = scalar(url, "SELECT pg_database_size(current_database())") / 1e6
+            mb = scalar(
+                url,
+                "SELECT sum(pg_total_relation_size(t))::bigint FROM unnest("
+                "ARRAY['checkpoints', 'checkpoint_blobs', 'checkpoint_writes']) t",
+            )
             print(
-                f"size {size}: {total} checkpoints, {mb:.0f} MB, "
-                f"built in {time.perf_counter() - t0:.1f}s",
+                f"size {size}: {total} checkpoints, {mb / 1e6:.0f} MB, scattered copy in "
+                f"{t1 - t0:.1f}s, restored in {time.perf_counter() - t1:.1f}s",
                 flush=True,
             )
             floor_s = timed(floor, url, args.keep)
-            restore_scattered(url, copies)
-            mine = ours(url, args.keep)
+            print(f"  floor {floor_s:.2f}s", flush=True)
+            mine = {}
+            for batch in batches:
+                restore(url, args.rebuild_indexes)
+                mine[batch] = ours(url, args.keep, batch)
+                print(f"  ours (batch {batch}) {mine[batch]}", flush=True)
             up_s = None
-            if n == 0:
-                restore_scattered(url, copies)
+            if size in upstream_sizes:
+                restore(url, args.rebuild_indexes)
                 up_s = timed(upstream, url, args.keep)
+                print(f"  upstream {up_s:.2f}s", flush=True)
             rows.append((size, total, floor_s, mine, up_s))
-            print(f"  floor {floor_s:.2f}s, ours {mine}, upstream {up_s}", flush=True)
         # On the largest store: the app's put latency with and without our sweep, and stats.
-        restore_scattered(url, copies)
-        idle = put_latencies(url, 5.0)
-        sweeper = threading.Thread(target=ours, args=(url, args.keep))
+        restore(url, args.rebuild_indexes)
+        idle = put_latencies(url, 10.0)
+        sweeper = threading.Thread(target=ours, args=(url, args.keep, latency_batch))
         sweeper.start()
         busy = put_latencies(url, None, during=sweeper)
         sweeper.join()
-        restore_scattered(url, copies)
+        restore(url, args.rebuild_indexes)
         st = child(CHILD_STATS, url)
 
     print(f"\nPostgreSQL at scale, scattered layout, ~{args.checkpoints} checkpoints/thread,")
     print(f"keep {args.keep}; ours in a fresh process (peak RSS is the sweep's own)")
     print(
-        f"{'threads':>8} {'checkpoints':>12} {'floor s':>8} {'ours s':>8} {'x floor':>8} "
-        f"{'ours s/1k cp':>13} {'ours RSS MB':>12} {'upstream s':>11}"
+        f"{'threads':>8} {'checkpoints':>12} {'floor s':>8} {'batch':>6} {'ours s':>8} "
+        f"{'x floor':>8} {'ms/1k cp':>9} {'RSS MB':>7} {'upstream s':>11}"
     )
     for size, total, floor_s, mine, up_s in rows:
-        print(
-            f"{size:8d} {total:12d} {floor_s:8.2f} {mine['seconds']:8.2f} "
-            f"{mine['seconds'] / floor_s:8.2f} {1000 * mine['seconds'] / total:13.4f} "
-            f"{mine['rss_kib'] / 1024:12.0f} {'' if up_s is None else f'{up_s:.2f}':>11}"
-        )
+        for batch, m in mine.items():
+            print(
+                f"{size:8d} {total:12d} {floor_s:8.2f} {batch:6d} {m['seconds']:8.2f} "
+                f"{m['seconds'] / floor_s:8.2f} {1e6 * m['seconds'] / total:9.1f} "
+                f"{m['rss_kib'] / 1024:7.0f} {'' if up_s is None else f'{up_s:.2f}':>11}"
+            )
+    print("\nours, seconds per statement over the whole sweep:")
+    for size, _total, _floor_s, mine, _up_s in rows:
+        for batch, m in mine.items():
+            spent = sorted(m["statements"].items(), key=lambda kv: -kv[1])
+            print(
+                f"  {size} threads, batch {batch}: " + ", ".join(f"{k} {v:.2f}" for k, v in spent)
+            )
     print(
         f"\nput latency on the largest store (ms): idle median {1000 * statistics.median(idle):.1f}"
-        f" p99 {1000 * pct(idle, 0.99):.1f}; during our sweep median "
-        f"{1000 * statistics.median(busy):.1f} p99 {1000 * pct(busy, 0.99):.1f} "
-        f"({len(busy)} turns)"
+        f" p99 {1000 * pct(idle, 0.99):.1f} ({len(idle)} turns); during our sweep (batch "
+        f"{latency_batch}) median {1000 * statistics.median(busy):.1f} p99 "
+        f"{1000 * pct(busy, 0.99):.1f} ({len(busy)} turns)"
     )
     print(
         f"stats --top 10 on the largest store: {st['seconds']:.2f}s, "

@@ -483,6 +483,30 @@ def test_thread_enumeration_pages_through_every_id(
     assert set(stats(postgres_saver).threads) == set(ODD_IDS)
 
 
+def test_a_sweep_without_a_batch_size_takes_the_stores_own(
+    postgres_saver: PostgresSaver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graph = build_agent(postgres_saver)
+    for tid in ODD_IDS:
+        chat(graph, tid, 1)
+    monkeypatch.setattr(pg_backend.PostgresBackend, "sweep_batch_size", 2)
+    batches: list[int] = []
+
+    def count_batch() -> bool:  # asked once before each batch
+        batches.append(1)
+        return False
+
+    report = sweep(postgres_saver, RetentionPolicy(keep_last=3), stop=count_batch)
+    assert report.ok and report.threads_seen == len(ODD_IDS)
+    assert len(batches) == (len(ODD_IDS) + 1) // 2
+    batches.clear()
+    report = sweep(
+        postgres_saver, RetentionPolicy(keep_last=1), batch_size=len(ODD_IDS), stop=count_batch
+    )
+    assert report.ok and report.threads_seen == len(ODD_IDS) and len(batches) == 1
+    assert {s.checkpoints for s in stats(postgres_saver).threads.values()} == {1}
+
+
 def test_stats_match_sql_counts(postgres_saver: PostgresSaver, postgres_url: str) -> None:
     chat(build_agent(postgres_saver), "agent", 3)
     sub = build_subgraph_graph(postgres_saver)

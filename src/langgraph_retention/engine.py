@@ -61,7 +61,8 @@ __all__ = [
 
 logger = logging.getLogger("langgraph_retention")
 
-#: Threads pruned per transaction in a sweep: few enough to keep each write short.
+#: Threads pruned per transaction in a sweep: few enough to keep each write short. A
+#: backend may name its own (`Backend.sweep_batch_size`), used when the caller names none.
 DEFAULT_BATCH_SIZE = 100
 
 T = TypeVar("T")
@@ -129,6 +130,13 @@ def _check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     return batch_size
+
+
+def _sweep_batch_size(batch_size: int | None, backend: Backend) -> int:
+    """The threads per transaction of a sweep: the caller's, else the store's own."""
+    if batch_size is None:
+        return backend.sweep_batch_size or DEFAULT_BATCH_SIZE
+    return _check_batch_size(batch_size)
 
 
 def _on_loop(backend: Backend, make: Callable[[], Awaitable[T]]) -> T:
@@ -483,7 +491,7 @@ def sweep(
     *,
     thread_ids: Iterable[str] | None = None,
     dry_run: bool = False,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: Progress | None = None,
     stop: Stop | None = None,
     exclusive: bool = False,
@@ -500,12 +508,14 @@ def sweep(
     sweep lock (one sweeper at a time across processes and hosts) and raises
     `SweepLockHeld` naming the holder when another sweep has it; a lock lost midway
     stops the sweep after its current batch. `explain` and `on_before_delete` as in
-    `prune_thread` (the hook runs between transactions, never inside one).
+    `prune_thread` (the hook runs between transactions, never inside one). `batch_size`
+    threads go in each transaction; None takes the store's own size (DEFAULT_BATCH_SIZE,
+    or more where bigger batches cost less per thread, as on PostgreSQL).
     """
     resolve = _check_policy(policy)
     ids = _check_thread_ids(thread_ids)
-    size = _check_batch_size(batch_size)
     backend = resolve_backend(saver)
+    size = _sweep_batch_size(batch_size, backend)
     report = PruneReport(dry_run=dry_run)
     lock: SweepLock | None = None
     if exclusive:
@@ -544,7 +554,7 @@ async def asweep(
     *,
     thread_ids: Iterable[str] | None = None,
     dry_run: bool = False,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: Progress | None = None,
     stop: Stop | None = None,
     exclusive: bool = False,
@@ -555,8 +565,8 @@ async def asweep(
     """Async `sweep` (the lock's blocking calls run in a worker thread)."""
     resolve = _check_policy(policy)
     ids = _check_thread_ids(thread_ids)
-    size = _check_batch_size(batch_size)
     backend = resolve_backend(saver)
+    size = _sweep_batch_size(batch_size, backend)
     report = PruneReport(dry_run=dry_run)
     lock: SweepLock | None = None
     if exclusive:

@@ -130,6 +130,9 @@ class Backend:
     is_async: ClassVar[bool] = False
     #: True when `compact` can give freed space back to the file system.
     can_compact: ClassVar[bool] = False
+    #: Threads per transaction of a sweep whose caller names no batch size (None: the
+    #: engine's DEFAULT_BATCH_SIZE).
+    sweep_batch_size: ClassVar[int | None] = None
 
     def __init__(self, saver: Any) -> None:
         self.saver = saver

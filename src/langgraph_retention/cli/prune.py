@@ -55,7 +55,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "(a table; with --json, in the report)",
     )
     pr.add_argument("--json", action="store_true", help="print the report as JSON")
-    pr.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N")
+    pr.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"threads per transaction (default: the store's own, {DEFAULT_BATCH_SIZE} on "
+        "SQLite and Redis, 1000 on PostgreSQL)",
+    )
     pr.add_argument(
         "--vacuum", action="store_true", help="SQLite only: compact the file after pruning"
     )

@@ -54,7 +54,7 @@ from urllib.parse import urlsplit
 
 from celery import signals
 
-from langgraph_retention.engine import DEFAULT_BATCH_SIZE, OnBeforeDelete, iter_thread_ids, sweep
+from langgraph_retention.engine import OnBeforeDelete, iter_thread_ids, sweep
 from langgraph_retention.errors import SweepLockHeld, UsageError
 from langgraph_retention.report import PruneReport
 from langgraph_retention.urls import SCHEMES
@@ -170,7 +170,7 @@ def register_tasks(
     saver_factory: SaverFactory | None = None,
     name_prefix: str = "langgraph_retention",
     shard_size: int = DEFAULT_SHARD_SIZE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     max_retries: int = 3,
     retry_backoff: float = 2.0,
     retry_backoff_max: float = 120.0,
@@ -180,9 +180,9 @@ def register_tasks(
     """Register `prune_shard`, `sweep` and `fold` on the Celery `app` (named
     `<name_prefix>.<task>`), pruning the store at `url` or the saver `saver_factory` makes.
 
-    `batch_size` threads are pruned per transaction inside a shard. A shard whose store
-    broke is retried `max_retries` times, `retry_backoff * 2**n` seconds apart (capped,
-    jittered). Shards without a result after `fold_timeout` count as failed.
+    `batch_size` threads are pruned per transaction inside a shard (None: the store's
+    own). A shard whose store broke is retried `max_retries` times, `retry_backoff * 2**n`
+    seconds apart (capped, jittered). Shards without a result after `fold_timeout` count as failed.
     `on_before_delete` is asked in the worker before a whole thread expires, as in `sweep`.
     """
     if (url is None) == (saver_factory is None):
