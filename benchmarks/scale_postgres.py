@@ -153,7 +153,7 @@ def restore(url: str, rebuild_indexes: bool = False) -> None:
     The indexes are maintained row by row as the rows go in, in random key order, as an
     app's inserts grow them (leaves part full, in no physical order); `rebuild_indexes`
     drops them first and rebuilds them sorted after (half the restore time, but compact
-    indexes that make the floor up to 3x faster at 200 threads than on a grown store)."""
+    indexes a grown store does not have; the timings came out within noise of these)."""
     with psycopg.connect(url, autocommit=True) as conn:
         indexes = conn.execute(INDEXES_SQL, {"tables": list(TABLES)}).fetchall()
         conn.execute("TRUNCATE " + ", ".join(TABLES))
