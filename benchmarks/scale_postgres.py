@@ -191,6 +191,24 @@ def ours(url: str, keep: int, batch_size: int) -> dict[str, Any]:
     return child(CHILD_SWEEP, url, str(keep), str(batch_size))
 
 
+# The server's WAL position and checkpoints so far: a contender's WAL bytes and the
+# checkpoints it set off (each makes the next change to every page log the whole page).
+WAL_SQL = """
+SELECT pg_current_wal_lsn(), checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter
+"""
+
+
+def wal_since(url: str, before: tuple[str, int] | None = None) -> Any:
+    """The WAL position now, or (MB written, checkpoints) since `before`."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        lsn, checkpoints = conn.execute(WAL_SQL).fetchone() or ("0/0", 0)
+        if before is None:
+            return lsn, checkpoints
+        row = conn.execute("SELECT pg_wal_lsn_diff(%s, %s)::bigint", (lsn, before[0])).fetchone()
+    assert row is not None
+    return f"{row[0] / 1e6:.0f} MB WAL, {checkpoints - before[1]} checkpoints"
+
+
 def timed(fn: Any, url: str, keep: int) -> float:
     with PostgresSaver.from_conn_string(url) as saver:
         start = time.perf_counter()
@@ -238,6 +256,9 @@ def main() -> None:
     ap.add_argument(
         "--rebuild-indexes", action="store_true", help="faster restores, compact indexes"
     )
+    ap.add_argument(
+        "--skip-extras", action="store_true", help="no put latency, no stats, no summary"
+    )
     args = ap.parse_args()
     sizes, batches = ints(args.sizes), ints(args.batch_sizes)
     upstream_sizes = ints(args.upstream_sizes) if args.upstream_sizes is not None else sizes[:1]
@@ -265,19 +286,25 @@ def main() -> None:
                 f"{t1 - t0:.1f}s, restored in {time.perf_counter() - t1:.1f}s",
                 flush=True,
             )
+            before = wal_since(url)
             floor_s = timed(floor, url, args.keep)
-            print(f"  floor {floor_s:.2f}s", flush=True)
+            print(f"  floor {floor_s:.2f}s ({wal_since(url, before)})", flush=True)
             mine = {}
             for batch in batches:
                 restore(url, args.rebuild_indexes)
+                before = wal_since(url)
                 mine[batch] = ours(url, args.keep, batch)
-                print(f"  ours (batch {batch}) {mine[batch]}", flush=True)
+                print(
+                    f"  ours (batch {batch}) {mine[batch]} ({wal_since(url, before)})", flush=True
+                )
             up_s = None
             if size in upstream_sizes:
                 restore(url, args.rebuild_indexes)
                 up_s = timed(upstream, url, args.keep)
                 print(f"  upstream {up_s:.2f}s", flush=True)
             rows.append((size, total, floor_s, mine, up_s))
+        if args.skip_extras:
+            return
         # On the largest store: the app's put latency with and without our sweep, and stats.
         restore(url, args.rebuild_indexes)
         idle = put_latencies(url, 10.0)
