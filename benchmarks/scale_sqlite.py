@@ -190,7 +190,11 @@ def median_p99(xs: list[float]) -> str:
         return "no samples"
     ordered = sorted(xs)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return f"median {statistics.median(xs) * 1e3:6.2f} ms  p99 {p99 * 1e3:7.2f} ms  (n={len(xs)})"
+    return (
+        f"median {statistics.median(xs) * 1e3:6.2f} ms  p99 {p99 * 1e3:7.2f} ms  "
+        f"max {ordered[-1] * 1e3:7.2f} ms  over 100 ms {sum(x > 0.1 for x in xs):3d}  "
+        f"(n={len(xs)})"
+    )
 
 
 # -- query plans --------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """SQLite write transactions: a batch deletes by rowid in one statement per table, with a
-wider page cache that is put back afterwards (the app's connection is left as it was)."""
+wider page cache and (in WAL mode) `synchronous = NORMAL`, both put back afterwards (the
+app's connection is left as it was)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from langgraph_retention import RetentionPolicy, asweep, stats, sweep
-from langgraph_retention.backends.sqlite.cache import WRITE_CACHE_KIB, wider_cache
+from langgraph_retention.backends.sqlite.settings import WRITE_CACHE_KIB, wider_cache
 from langgraph_retention.demo import build_agent, populate
 
 THREADS = [(f"user {i}:{i:03d}", 3) for i in range(7)]  # 15 checkpoints each
@@ -59,7 +60,7 @@ def test_sweep_widens_cache_inside_transaction_only(tmp_path: Path, app_cache: i
     if app_cache == -2000:
         assert len(widened) == 3
         for i in begins:  # widened right before each write transaction, put back after
-            assert statements[i - 1] == f"PRAGMA cache_size = {-WRITE_CACHE_KIB}"
+            assert f"PRAGMA cache_size = {-WRITE_CACHE_KIB}" in statements[i - 2 : i]
         assert statements.count(f"PRAGMA cache_size = {app_cache}") == 3
     else:
         assert widened == []  # an app's bigger cache is never touched
@@ -99,3 +100,31 @@ async def test_async_sweep_puts_cache_back(tmp_path: Path) -> None:
         assert report.ok and report.deleted_checkpoints == 7 * 12
         async with saver.conn.execute("PRAGMA cache_size") as cur:
             assert (await cur.fetchone())[0] == -2000
+
+
+@pytest.mark.parametrize("journal_mode", ["wal", "delete"])
+def test_commit_without_fsync_in_wal_mode_only(tmp_path: Path, journal_mode: str) -> None:
+    path = tmp_path / "store.db"
+    _store(path)  # the saver's setup() switches the file to WAL
+    conn = sqlite3.connect(str(path), check_same_thread=False)
+    conn.execute(f"PRAGMA journal_mode = {journal_mode}")
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL, SQLite's default
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    report = sweep(SqliteSaver(conn), RetentionPolicy(keep_last=2), batch_size=4)
+    conn.set_trace_callback(None)
+    assert report.ok and report.deleted_checkpoints == 7 * 13
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    begins = [i for i, s in enumerate(statements) if s == "BEGIN IMMEDIATE"]
+    assert len(begins) == 2
+    normal = [i for i, s in enumerate(statements) if s == "PRAGMA synchronous = 1"]
+    full = [i for i, s in enumerate(statements) if s == "PRAGMA synchronous = 2"]
+    if journal_mode == "wal":  # NORMAL from before each BEGIN to after its COMMIT
+        assert len(normal) == len(full) == 2
+        for b, n, f in zip(begins, normal, full, strict=True):
+            c = statements.index("COMMIT", b)
+            assert n < b < c < f
+    else:  # a rollback journal keeps the app's FULL: NORMAL could lose more than a prune
+        assert normal == full == []
+    assert _orphans(conn) == 0
+    conn.close()

@@ -30,9 +30,9 @@ from langgraph_retention.policy import (
 from langgraph_retention.report import ThreadResult, ThreadStats
 
 from ..base import Backend, Expire, Span, decide, gc_paused
-from .cache import restore_cache_sql, widen_cache_program
 from .lock import FileSweepLock
 from .schema import database_file_program, missing_table, missing_tables_program, not_ready
+from .settings import write_settings_program
 
 __all__ = ["AsyncSqliteBackend", "SqliteBackend"]
 
@@ -333,9 +333,9 @@ def _drive(cur: Any, program: Program[R]) -> R:
 
 def _run(conn: Any, program: Program[R], *, write: bool) -> R:
     """Run a program on a sqlite3 connection inside one transaction (a write transaction
-    with our wider page cache, the connection's own put back after it)."""
+    with our settings, `settings.write_settings_program`; the connection's put back after)."""
     cur = conn.cursor()
-    restore = _drive(cur, widen_cache_program()) if write else None
+    restore = _drive(cur, write_settings_program()) if write else []
     try:
         cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         sql, params = next(program)
@@ -350,8 +350,8 @@ def _run(conn: Any, program: Program[R], *, write: bool) -> R:
         conn.rollback()
         raise
     finally:
-        if restore is not None:
-            cur.execute(restore_cache_sql(restore))
+        for sql in reversed(restore):
+            cur.execute(sql)
         cur.close()
 
 
@@ -369,7 +369,7 @@ async def _adrive(conn: Any, program: Program[R]) -> R:
 
 async def _arun(conn: Any, program: Program[R], *, write: bool) -> R:
     """Run a program on an aiosqlite connection inside one transaction (as `_run`)."""
-    restore = await _adrive(conn, widen_cache_program()) if write else None
+    restore = await _adrive(conn, write_settings_program()) if write else []
     try:
         await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         sql, params = next(program)
@@ -385,8 +385,8 @@ async def _arun(conn: Any, program: Program[R], *, write: bool) -> R:
         await conn.rollback()
         raise
     finally:
-        if restore is not None:
-            await conn.execute(restore_cache_sql(restore))
+        for sql in reversed(restore):
+            await conn.execute(sql)
 
 
 class SqliteBackend(Backend):
