@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from langgraph_retention import metrics
 from langgraph_retention.backends import Backend, resolve_backend
-from langgraph_retention.backends.base import Expire, ExpiryRule, Span
+from langgraph_retention.backends.base import Expire, ExpiryRule, Halt, Span, Stage
 from langgraph_retention.errors import SweepLockHeld, UsageError
 from langgraph_retention.lock import SweepLock
 from langgraph_retention.policy import Expiry, RetentionPolicy, thread_expiry
@@ -179,6 +179,9 @@ class _Pass:
     now: datetime
     explain: bool = False
     approve: OnBeforeDelete | None = None
+    #: Where a sweep's batches leave their deletes, for the store to run in storage
+    #: order (None: each batch deletes in its own transaction).
+    stage: Stage | None = None
 
 
 def _expiring(
@@ -265,13 +268,23 @@ def _prune_batch(
     if backend.is_async:
         return results + _on_loop(
             backend,
-            lambda: backend.aprune_batch(
-                ids, policy, dry_run=run.dry_run, now=run.now, explain=run.explain, expire=expire
-            ),
+            lambda: backend.aprune_batch(ids, policy, **_batch_options(run, expire)),
         )
-    return results + backend.prune_batch(
-        ids, policy, dry_run=run.dry_run, now=run.now, explain=run.explain, expire=expire
-    )
+    return results + backend.prune_batch(ids, policy, **_batch_options(run, expire))
+
+
+def _batch_options(run: _Pass, expire: Expire) -> dict[str, Any]:
+    """The keyword arguments of `Backend.prune_batch` for one pass (`stage` only when
+    the pass stages its deletes)."""
+    options: dict[str, Any] = {
+        "dry_run": run.dry_run,
+        "now": run.now,
+        "explain": run.explain,
+        "expire": expire,
+    }
+    if run.stage is not None:
+        options["stage"] = run.stage
+    return options
 
 
 async def _aprune_batch(
@@ -290,9 +303,7 @@ async def _aprune_batch(
         expire, results = await _aexpiries(spans, policy, run)
         ids = _without(ids, results)
     call = backend.aprune_batch if backend.is_async else _in_thread(backend.prune_batch)
-    return results + await call(
-        ids, policy, dry_run=run.dry_run, now=run.now, explain=run.explain, expire=expire
-    )
+    return results + await call(ids, policy, **_batch_options(run, expire))
 
 
 def _in_thread(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
@@ -342,6 +353,15 @@ def _failed_batch(ids: Sequence[str], exc: BaseException) -> list[ThreadResult]:
     return [ThreadResult(tid, error=msg) for tid in ids]
 
 
+def _record_batch(
+    report: PruneReport, results: list[ThreadResult], progress: Progress | None
+) -> None:
+    """Fold a batch's (or a flush's) results into a sweep's report and metrics."""
+    _record(report, results, progress)
+    if not report.dry_run:
+        metrics.record_results(results)
+
+
 def _record(report: PruneReport, results: list[ThreadResult], progress: Progress | None) -> None:
     for r in results:
         if r.error is not None:
@@ -359,6 +379,53 @@ def _stop_reason(stop: Stop | None, lock_held: bool) -> str | None:
         logger.error("sweep stopped: its lock was lost (expired or the connection broke)")
         return "sweep lock lost"
     return None
+
+
+class _Halter:
+    """Asked before each batch and each transaction of a flush: remembers why the sweep
+    must end (a stop request, the lock lost) once it must. Its lock check blocks briefly."""
+
+    def __init__(self, stop: Stop | None, lock: SweepLock | None) -> None:
+        self.stop = stop
+        self.lock = lock
+        self.reason: str | None = None
+
+    def __call__(self) -> bool:
+        if self.reason is None:
+            self.reason = _stop_reason(self.stop, self.lock is None or self.lock.held())
+        return self.reason is not None
+
+
+def _failed_flush(stage: Stage, exc: BaseException) -> list[ThreadResult]:
+    """The staged threads as failed: their deletes did not all run (those that committed
+    before the error stay done; the next sweep finds the rest)."""
+    results = list(stage.results.values())
+    stage.clear()
+    msg = f"deletes failed: {type(exc).__name__}: {exc}"
+    logger.error("staged deletes of %d thread(s) failed: %s", len(results), msg)
+    for r in results:
+        r.error = msg
+    return results
+
+
+def _flush(backend: Backend, stage: Stage, halt: Halt) -> list[ThreadResult]:
+    """Run a sweep's staged deletes in storage order; a failure fails their threads only."""
+    try:
+        if backend.is_async:
+            return _on_loop(backend, lambda: backend.aflush_stage(stage, halt))
+        return backend.flush_stage(stage, halt)
+    except Exception as exc:
+        return _failed_flush(stage, exc)
+
+
+async def _aflush(backend: Backend, stage: Stage, halt: Halt) -> list[ThreadResult]:
+    """`_flush` on asyncio."""
+    try:
+        if backend.is_async:
+            return await backend.aflush_stage(stage, halt)
+        return await asyncio.to_thread(backend.flush_stage, stage, halt)
+    except Exception as exc:
+        return _failed_flush(stage, exc)
 
 
 def _skipped(lock: SweepLock) -> None:
@@ -522,18 +589,20 @@ def sweep(
         lock = _on_loop(backend, backend.asweep_lock) if backend.is_async else backend.sweep_lock()
         _skipped(lock)
     start = time.perf_counter()
-    run = _Pass(dry_run, _check_now(now), explain, on_before_delete)
+    stage = None if dry_run else backend.open_stage()
+    run = _Pass(dry_run, _check_now(now), explain, on_before_delete, stage)
+    halt = _Halter(stop, lock)
     try:
         source: Iterable[str] = ids if ids is not None else _sync_thread_ids(backend)
         for batch in _batched(source, size):
-            held = lock is None or lock.held()
-            report.stopped = _stop_reason(stop, held)
-            if report.stopped is not None:
+            if halt():
                 break
-            results = _sweep_batch(backend, batch, resolve, run)
-            _record(report, results, progress)
-            if not dry_run:
-                metrics.record_results(results)
+            _record_batch(report, _sweep_batch(backend, batch, resolve, run), progress)
+            if stage is not None and stage.full():
+                _record_batch(report, _flush(backend, stage, halt), progress)
+        if stage is not None and len(stage):
+            _record_batch(report, _flush(backend, stage, halt), progress)
+        report.stopped = halt.reason
     except Exception:
         report.elapsed_seconds = time.perf_counter() - start
         if not dry_run:
@@ -576,7 +645,9 @@ async def asweep(
             lock = await asyncio.to_thread(backend.sweep_lock)
         await asyncio.to_thread(_skipped, lock)
     start = time.perf_counter()
-    run = _Pass(dry_run, _check_now(now), explain, on_before_delete)
+    stage = None if dry_run else backend.open_stage()
+    run = _Pass(dry_run, _check_now(now), explain, on_before_delete, stage)
+    halt = _Halter(stop, lock)
 
     async def given() -> AsyncIterator[str]:
         for tid in ids or ():
@@ -585,14 +656,14 @@ async def asweep(
     try:
         source = given() if ids is not None else _async_thread_ids(backend)
         async for batch in _abatched(source, size):
-            held = lock is None or await asyncio.to_thread(lock.held)
-            report.stopped = _stop_reason(stop, held)
-            if report.stopped is not None:
+            if await asyncio.to_thread(halt):
                 break
-            results = await _asweep_batch(backend, batch, resolve, run)
-            _record(report, results, progress)
-            if not dry_run:
-                metrics.record_results(results)
+            _record_batch(report, await _asweep_batch(backend, batch, resolve, run), progress)
+            if stage is not None and stage.full():
+                _record_batch(report, await _aflush(backend, stage, halt), progress)
+        if stage is not None and len(stage):
+            _record_batch(report, await _aflush(backend, stage, halt), progress)
+        report.stopped = halt.reason
     except Exception:
         report.elapsed_seconds = time.perf_counter() - start
         if not dry_run:

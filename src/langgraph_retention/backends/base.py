@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import heapq
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, ClassVar, NamedTuple, TypeAlias
@@ -28,10 +28,54 @@ from langgraph_retention.policy import (
 )
 from langgraph_retention.report import Decision, ThreadResult, ThreadStats
 
-__all__ = ["Backend", "Expire", "ExpiryRule", "Span", "decide", "gc_paused", "not_yet"]
+__all__ = [
+    "Backend",
+    "Expire",
+    "ExpiryRule",
+    "Halt",
+    "Span",
+    "Stage",
+    "decide",
+    "gc_paused",
+    "not_yet",
+]
 
 #: A thread's oldest and newest checkpoint ids, over every namespace.
 Span = tuple[str, str]
+
+#: Asked between the transactions of a flush: True stops it there (stop requested, or
+#: the sweep lock lost). It may block briefly (a lock check); flushes call it from the
+#: thread or loop they run on.
+Halt = Callable[[], bool]
+
+
+class Stage:
+    """Deletes a sweep has decided but not yet run, held across its batches.
+
+    On a store whose threads' rows are interleaved on disk, deleting batch by batch
+    rewrites a page once for every batch with a row on it; a backend that stages
+    (`Backend.open_stage`) instead records each batch's doomed rows here and deletes
+    them all in storage order (`Backend.flush_stage`), each page once per flush.
+
+    `results` holds the staged threads' results: counts start at zero and grow as the
+    flush's transactions commit, so they always say what was really deleted. A backend
+    subclasses this with its own row buffers and says when it is `full` (memory bound).
+    """
+
+    def __init__(self) -> None:
+        self.results: dict[str, ThreadResult] = {}
+
+    def full(self) -> bool:
+        """True when the sweep should flush before its next batch."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        """Threads waiting for their deletes."""
+        return len(self.results)
+
+    def clear(self) -> None:
+        """Forget everything staged (after a flush, or when it failed)."""
+        self.results = {}
 
 
 class ExpiryRule(NamedTuple):
@@ -153,10 +197,32 @@ class Backend:
         now: datetime,
         explain: bool = False,
         expire: Expire | None = None,
+        stage: Stage | None = None,
     ) -> list[ThreadResult]:
         """Prune several threads, each decided on its own index (`decide`); one result per
         id. Threads `expire` expires go whole if their newest checkpoint is still the one
-        the expiry names, read in the deleting transaction."""
+        the expiry names, read in the deleting transaction.
+
+        With a `stage` (only from this backend's `open_stage`, never in a dry run), the
+        batch's ordinary deletes are recorded there instead of run, and their threads'
+        results go into `stage.results` rather than the returned list; whole-thread expiry
+        still runs here. A batch that raises must leave the stage as it found it."""
+        raise NotImplementedError
+
+    def open_stage(self) -> Stage | None:
+        """A new `Stage` for a sweep's deletes, or None when this store deletes batch by
+        batch (the default)."""
+        return None
+
+    def flush_stage(self, stage: Stage, halt: Halt) -> list[ThreadResult]:
+        """Run every delete in `stage` in storage order, in transactions of bounded size,
+        asking `halt` before each; return the staged threads' results and clear it.
+
+        Results count only what committed; a halted flush warns on the threads it left
+        (their leftovers are found again by the next sweep). Deletes go in an order that
+        leaves nothing behind when stopped between transactions (a checkpoint's writes
+        before the checkpoint, blobs last). On an error the engine reports the threads
+        still in `stage.results` as failed, with the counts they reached."""
         raise NotImplementedError
 
     def thread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
@@ -202,7 +268,13 @@ class Backend:
         now: datetime,
         explain: bool = False,
         expire: Expire | None = None,
+        stage: Stage | None = None,
     ) -> list[ThreadResult]:
+        raise NotImplementedError
+
+    async def aflush_stage(self, stage: Stage, halt: Halt) -> list[ThreadResult]:
+        """`flush_stage` for async savers (`halt` may block briefly: call it in a thread
+        if that matters)."""
         raise NotImplementedError
 
     async def athread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:

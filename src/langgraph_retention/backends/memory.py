@@ -19,7 +19,7 @@ from langgraph_retention.policy import (
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from .base import Backend, Expire, Span, decide
+from .base import Backend, Expire, Span, Stage, decide
 
 __all__ = ["MemoryBackend"]
 
@@ -182,6 +182,7 @@ class MemoryBackend(Backend):
         now: datetime,
         explain: bool = False,
         expire: Expire | None = None,
+        stage: Stage | None = None,
     ) -> list[ThreadResult]:
         results = []
         for tid in thread_ids:
@@ -251,6 +252,7 @@ class MemoryBackend(Backend):
         now: datetime,
         explain: bool = False,
         expire: Expire | None = None,
+        stage: Stage | None = None,
     ) -> list[ThreadResult]:
         return self.prune_batch(
             thread_ids, policy, dry_run=dry_run, now=now, explain=explain, expire=expire

@@ -53,7 +53,7 @@ from langgraph_retention.policy import (
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from ..base import Backend, Expire, Span, decide, gc_paused
+from ..base import Backend, Expire, Span, Stage, decide, gc_paused
 from .connection import server_name
 from .lock import PostgresSweepLock
 from .schema import missing_relation, missing_tables_program, not_ready
@@ -788,6 +788,7 @@ class PostgresBackend(Backend):
         now: datetime,
         explain: bool = False,
         expire: Expire | None = None,
+        stage: Stage | None = None,
     ) -> list[ThreadResult]:
         return self._exec(
             lambda: _prune_program(thread_ids, policy, dry_run, now, explain, expire), write=True
@@ -874,6 +875,7 @@ class AsyncPostgresBackend(Backend):
         now: datetime,
         explain: bool = False,
         expire: Expire | None = None,
+        stage: Stage | None = None,
     ) -> list[ThreadResult]:
         return await self._aexec(
             lambda: _prune_program(thread_ids, policy, dry_run, now, explain, expire), write=True

@@ -45,7 +45,7 @@ from langgraph_retention.policy import (
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from ..base import Backend, Expire, Span, decide, gc_paused
+from ..base import Backend, Expire, Span, Stage, decide, gc_paused
 from .lock import RedisSweepLock, lock_key
 from .model import (
     Command,
@@ -445,6 +445,7 @@ class RedisBackend(Backend):
         now: datetime,
         explain: bool = False,
         expire: Expire | None = None,
+        stage: Stage | None = None,
     ) -> list[ThreadResult]:
         program = _prune_program(
             _layout(self.saver), thread_ids, policy, dry_run, now, explain, expire
@@ -493,6 +494,7 @@ class AsyncRedisBackend(Backend):
         now: datetime,
         explain: bool = False,
         expire: Expire | None = None,
+        stage: Stage | None = None,
     ) -> list[ThreadResult]:
         program = _prune_program(
             _layout(self.saver), thread_ids, policy, dry_run, now, explain, expire

@@ -29,7 +29,7 @@ from langgraph_retention.policy import (
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from ..base import Backend, Expire, Span, decide, gc_paused
+from ..base import Backend, Expire, Span, Stage, decide, gc_paused
 from .lock import FileSweepLock
 from .schema import database_file_program, missing_table, missing_tables_program, not_ready
 from .settings import write_settings_program
@@ -413,6 +413,7 @@ class SqliteBackend(Backend):
         now: datetime,
         explain: bool = False,
         expire: Expire | None = None,
+        stage: Stage | None = None,
     ) -> list[ThreadResult]:
         program = _prune_program(
             thread_ids, policy, dry_run, now, self.saver.serde.loads_typed, explain, expire
@@ -473,6 +474,7 @@ class AsyncSqliteBackend(Backend):
         now: datetime,
         explain: bool = False,
         expire: Expire | None = None,
+        stage: Stage | None = None,
     ) -> list[ThreadResult]:
         program = _prune_program(
             thread_ids, policy, dry_run, now, self.saver.serde.loads_typed, explain, expire
