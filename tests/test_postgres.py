@@ -35,6 +35,8 @@ from langgraph_retention import (
 from langgraph_retention.backends.base import Expire, ExpiryRule
 from langgraph_retention.backends.postgres import PostgresUnavailableError
 from langgraph_retention.backends.postgres import backend as pg_backend
+from langgraph_retention.backends.postgres import programs as pg_programs
+from langgraph_retention.backends.postgres import statements as pg_sql
 from langgraph_retention.demo import SEED_THREAD_ID, chat
 from langgraph_retention.policy import Expiry
 
@@ -475,7 +477,7 @@ def test_thread_enumeration_pages_through_every_id(
     graph = build_agent(postgres_saver)
     for tid in ODD_IDS:
         chat(graph, tid, 1)
-    monkeypatch.setattr(pg_backend, "THREAD_PAGE_SIZE", 2)
+    monkeypatch.setattr(pg_programs, "THREAD_PAGE_SIZE", 2)
 
     report = sweep(postgres_saver, RetentionPolicy(keep_last=1))
 
@@ -491,19 +493,20 @@ def test_a_sweep_without_a_batch_size_takes_the_stores_own(
         chat(graph, tid, 1)
     monkeypatch.setattr(pg_backend.PostgresBackend, "sweep_batch_size", 2)
     batches: list[int] = []
+    prune_batch = pg_backend.PostgresBackend.prune_batch
 
-    def count_batch() -> bool:  # asked once before each batch
-        batches.append(1)
-        return False
+    def counted(self: Any, thread_ids: Any, *args: Any, **kwargs: Any) -> Any:
+        batches.append(len(thread_ids))  # the real batch runs, counted on its way
+        return prune_batch(self, thread_ids, *args, **kwargs)
 
-    report = sweep(postgres_saver, RetentionPolicy(keep_last=3), stop=count_batch)
+    monkeypatch.setattr(pg_backend.PostgresBackend, "prune_batch", counted)
+
+    report = sweep(postgres_saver, RetentionPolicy(keep_last=3))
     assert report.ok and report.threads_seen == len(ODD_IDS)
-    assert len(batches) == (len(ODD_IDS) + 1) // 2
+    assert batches == [2, 2, 2, 1]
     batches.clear()
-    report = sweep(
-        postgres_saver, RetentionPolicy(keep_last=1), batch_size=len(ODD_IDS), stop=count_batch
-    )
-    assert report.ok and report.threads_seen == len(ODD_IDS) and len(batches) == 1
+    report = sweep(postgres_saver, RetentionPolicy(keep_last=1), batch_size=len(ODD_IDS))
+    assert report.ok and report.threads_seen == len(ODD_IDS) and batches == [len(ODD_IDS)]
     assert {s.checkpoints for s in stats(postgres_saver).threads.values()} == {1}
 
 
@@ -631,7 +634,7 @@ def test_an_expired_thread_written_to_after_the_index_read_is_left_whole(
 
     gone = sql(
         postgres_url,
-        pg_backend.DELETE_THREADS_SQL,
+        pg_sql.DELETE_THREADS_SQL,
         {"expired_threads": "{t}", "expired_newest": "{" + seen_newest + "}"},
     )
 
@@ -679,8 +682,8 @@ def test_checkpoint_sizes_add_up_to_the_thread_bytes(
 ) -> None:
     chat(build_agent(postgres_saver), "t", 3)
 
-    index = sql(postgres_url, pg_backend.FACTS_INDEX_SQL, {"threads": ["t"], "tag": None})
-    others = sql(postgres_url, pg_backend.SIZES_SQL, {"threads": ["t"]})
+    index = sql(postgres_url, pg_sql.FACTS_INDEX_SQL, {"threads": ["t"], "tag": None})
+    others = sql(postgres_url, pg_sql.SIZES_SQL, {"threads": ["t"]})
 
     assert {(row[1], row[2]) for row in index} == {
         ("", cid) for cid in history_ids(build_agent(postgres_saver), "t")
@@ -721,7 +724,7 @@ def test_a_thread_written_to_between_the_index_read_and_the_delete_is_reported_k
     policy = RetentionPolicy(idle_ttl=timedelta(days=30))
     by_engine: Expire = {"t": Expiry(newest, "idle 40d")}
     expire = by_engine if decided == "by the engine" else ExpiryRule(policy, LATER)
-    program = pg_backend._prune_program(["t"], policy, False, LATER, expire=expire)
+    program = pg_programs.prune_program(["t"], policy, False, LATER, expire=expire)
 
     with psycopg.connect(postgres_url) as conn, conn.cursor() as cur:
         statement, params, fetch = next(program)
@@ -729,7 +732,7 @@ def test_a_thread_written_to_between_the_index_read_and_the_delete_is_reported_k
             while True:
                 cur.execute(statement, params, prepare=False)
                 rows = cur.fetchall() if fetch else []
-                if statement is pg_backend.INDEX_SQL:
+                if statement is pg_sql.INDEX_SQL:
                     chat(graph, "t", 1)  # the user comes back after the index was read
                 statement, params, fetch = program.send(rows)
         except StopIteration as done:
