@@ -94,8 +94,15 @@ import collections, json, sys, time
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph_retention import RetentionPolicy, sweep
 import langgraph_retention.backends.postgres.backend as backend
+import langgraph_retention.backends.postgres.staging as staging
+import langgraph_retention.backends.postgres.statements as statements
 
-names = {v: k for k, v in vars(backend).items() if k.endswith("_SQL") and isinstance(v, str)}
+names = {
+    v: k
+    for module in (statements, staging)
+    for k, v in vars(module).items()
+    if k.endswith("_SQL") and isinstance(v, str)
+}
 spent = collections.Counter()
 execute = backend.Cursor.execute
 

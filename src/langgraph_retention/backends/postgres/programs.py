@@ -153,7 +153,7 @@ class Decided:
     """A batch decided: each thread's result, the checkpoints to delete (three parallel
     lists), the threads to delete whole (with the newest id each decision saw and how many
     checkpoints it read), and, for a staged sweep, each doomed thread's plan and where
-    every checkpoint row of the batch is (tuple id, xmin)."""
+    every checkpoint row of the batch is (tuple id, key hash)."""
 
     threads: list[str]
     results: dict[str, ThreadResult] = field(default_factory=dict)

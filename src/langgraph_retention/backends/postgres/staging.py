@@ -11,9 +11,11 @@ by block range and packed by the server (no Python object per row). The sweep's 
 then delete by tuple id (`ctid = ANY(...)`, a TID scan that visits pages in order), one
 block range after another, in short transactions: each page is changed once per flush.
 
-Tuple ids are reused after VACUUM frees them, so every delete also matches the `xmin`
-the plan saw: a tuple written into a freed slot after the plan has a newer one (its
-writer was not yet committed when the plan read the table), and is left alone. Writes go
+A tuple id may hold another row by the time of the flush (VACUUM frees the slot of a row
+someone else deleted and an insert takes it; VACUUM FULL or pg_repack move every row), so
+every delete also matches the hash of the row's key the plan read: a row that is not one
+of the doomed is left alone (a 64-bit hash of another key in a transaction's set of
+~10,000: odds of 1 in 10^15 per displaced row). Writes go
 first, then checkpoints, then blobs, so a flush stopped between two transactions leaves
 only doomed checkpoints (the next sweep finds them) or unreferenced blobs (the next
 sweep's blob read finds them). A blob is deleted only if no checkpoint of its thread
@@ -39,6 +41,7 @@ from ..base import Expire, Stage
 from .programs import Decided, add_totals, decide_program, expire_program
 from .statements import (
     BLOB_KEY,
+    CHECKPOINT_HASH,
     CHECKPOINT_SIZE,
     DOOMED_CTE,
     ISOLATION_SQL,
@@ -46,6 +49,7 @@ from .statements import (
     SETTINGS_SQL,
     Program,
     Rows,
+    key_hash,
     matches,
     text_array,
     totals,
@@ -59,25 +63,30 @@ BUCKET_SHIFT = 7
 #: Rows per flush transaction (whole buckets, so a little more): short enough that an
 #: app's statement waiting on one of our row locks waits briefly.
 FLUSH_CHUNK_ROWS = 10_000
-#: Memory a stage may hold before the sweep flushes it: 10 bytes per staged row, plus
+#: Memory a stage may hold before the sweep flushes it: 14 bytes per staged row, plus
 #: `THREAD_BYTES` per staged thread (its result and its newest checkpoint id).
 STAGE_BYTES = 32 * 1024 * 1024
 THREAD_BYTES = 400
 
-_TID_SIZE, _XID_SIZE = 6, 4
-_TID_OID, _XID_OID, _TID_ARRAY_OID, _XID_ARRAY_OID = 27, 28, 1010, 1011
+_TID_SIZE, _HASH_SIZE = 6, 8
+_TID_OID, _INT8_OID, _TID_ARRAY_OID, _INT8_ARRAY_OID = 27, 20, 1010, 1016
+
+_WRITE_HASH = key_hash("w", ("thread_id", "checkpoint_ns", "checkpoint_id", "task_id"), "w.idx")
+_BLOB_HASH = key_hash("b", BLOB_KEY)
 
 # -- statements ---------------------------------------------------------------------------
 
-# A row's bucket, its location and its xmin, aggregated per bucket as the server packs them.
+# A row's bucket, its location and its key's hash, aggregated per bucket as the server
+# packs them (both aggregates see the group's rows in the same order).
 _BUCKETED = """(({a}.ctid::text::point)[0])::bigint >> {shift}, string_agg(tidsend({a}.ctid), ''),
-       string_agg(xidsend({a}.xmin), '')"""
+       string_agg(int8send({hash}), '')"""
 
 # The doomed checkpoints' writes (by checkpoint key, so writes saved ahead of a kept
-# checkpoint stay), located.
+# checkpoint stay), located. `IN`, not a join: joined, the planner sorted both sides by
+# their text keys for a merge join (twice the time).
 STAGE_WRITES_SQL = f"""
 WITH {DOOMED_CTE}
-SELECT {_BUCKETED.format(a="w", shift=BUCKET_SHIFT)}
+SELECT {_BUCKETED.format(a="w", shift=BUCKET_SHIFT, hash=_WRITE_HASH)}
 FROM checkpoint_writes w
 WHERE w.thread_id = ANY(%(threads)s::text[]) AND {KEY_IN_DOOMED.format("w", "w", "w")}
 GROUP BY 1
@@ -85,21 +94,27 @@ GROUP BY 1
 
 # The blobs of the doomed threads no kept checkpoint references (the doomed ones' only,
 # dropped subgraph calls', orphans of an earlier cleanup), located. Only the kept
-# checkpoints' versions are read, each through the primary key; checkpoints committed
-# since the index read are not among them, and the flush's re-check protects their blobs.
+# checkpoints' versions are read, each through the primary key (the LIMIT keeps it a
+# probe per kept checkpoint: joined, the planner hashed the whole table). Checkpoints
+# committed since the index read are not among them: the flush's re-check protects
+# their blobs.
+# The planner's guess of 100 versions per checkpoint (25 times too many) is what makes it
+# hash the references: told fewer, it probed all of them once per blob.
 STAGE_BLOBS_SQL = f"""
 WITH kept AS MATERIALIZED (
     SELECT * FROM unnest(%(kept_threads)s::text[], %(kept_ns)s::text[], %(kept_ids)s::text[])
          AS k(thread_id, checkpoint_ns, checkpoint_id)
 ),
 live AS (
-    SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, v.value AS version
+    SELECT k.thread_id, k.checkpoint_ns, v.key AS channel, v.value AS version
     FROM kept k
-    JOIN checkpoints c ON {matches("c", "k", ("thread_id", "checkpoint_ns", "checkpoint_id"))}
-    CROSS JOIN LATERAL jsonb_each_text(c.checkpoint -> 'channel_versions') AS v
-    WHERE c.checkpoint -> 'channel_versions' ? v.key
+    CROSS JOIN LATERAL (
+        SELECT c.checkpoint -> 'channel_versions' AS versions FROM checkpoints c
+        WHERE {matches("c", "k", ("thread_id", "checkpoint_ns", "checkpoint_id"))} LIMIT 1
+    ) c
+    CROSS JOIN LATERAL jsonb_each_text(c.versions) AS v
 )
-SELECT {_BUCKETED.format(a="b", shift=BUCKET_SHIFT)}
+SELECT {_BUCKETED.format(a="b", shift=BUCKET_SHIFT, hash=_BLOB_HASH)}
 FROM checkpoint_blobs b
 WHERE b.thread_id = ANY(%(threads)s::text[])
   AND NOT EXISTS (SELECT 1 FROM live l WHERE {matches("l", "b", BLOB_KEY)})
@@ -107,11 +122,15 @@ GROUP BY 1
 """
 
 # The flush: one statement per block range and table, counting what it deleted per thread.
-_LOCATED = "{a}.ctid = ANY(%(tids)b) AND {a}.xmin = ANY(%(xmins)b)"
+# Its transactions take the prune's settings and no sequential scans: the planner costs a
+# TID scan at a random page read per row, and 10,000 rows of one block range cost more
+# than scanning a table of 16,000 pages, so every flush transaction read the whole table.
+FLUSH_SETTINGS_SQL = SETTINGS_SQL + ", set_config('enable_seqscan', 'off', true)"
+_LOCATED = "{a}.ctid = ANY(%(tids)b) AND {hash} = ANY(%(hashes)b)"
 
 FLUSH_WRITES_SQL = f"""
 WITH gone AS (
-    DELETE FROM checkpoint_writes w WHERE {_LOCATED.format(a="w")}
+    DELETE FROM checkpoint_writes w WHERE {_LOCATED.format(a="w", hash=_WRITE_HASH)}
     RETURNING w.thread_id, pg_column_size(w.blob) AS size
 )
 {totals("writes", "gone")}
@@ -119,7 +138,7 @@ WITH gone AS (
 
 FLUSH_CHECKPOINTS_SQL = f"""
 WITH gone AS (
-    DELETE FROM checkpoints c WHERE {_LOCATED.format(a="c")}
+    DELETE FROM checkpoints c WHERE {_LOCATED.format(a="c", hash=CHECKPOINT_HASH)}
     RETURNING c.thread_id, {CHECKPOINT_SIZE} AS size
 )
 {totals("checkpoints", "gone")}
@@ -135,7 +154,7 @@ WITH planned AS MATERIALIZED (
 ),
 gone AS (
     DELETE FROM checkpoint_blobs b USING planned p
-    WHERE {_LOCATED.format(a="b")} AND p.thread_id = b.thread_id
+    WHERE {_LOCATED.format(a="b", hash=_BLOB_HASH)} AND p.thread_id = b.thread_id
       AND (SELECT true FROM checkpoints c
            WHERE c.thread_id = b.thread_id AND c.checkpoint_ns = b.checkpoint_ns
              AND c.checkpoint_id > p.newest
@@ -153,8 +172,8 @@ class TidArray(bytes):
     """A tid[] parameter, already in PostgreSQL's binary array format."""
 
 
-class XidArray(bytes):
-    """An xid[] parameter, already in PostgreSQL's binary array format."""
+class Int8Array(bytes):
+    """An int8[] parameter, already in PostgreSQL's binary array format."""
 
 
 class _TidArrayDumper(Dumper):
@@ -165,14 +184,14 @@ class _TidArrayDumper(Dumper):
         return bytes(obj)
 
 
-class _XidArrayDumper(_TidArrayDumper):
-    oid = _XID_ARRAY_OID
+class _Int8ArrayDumper(_TidArrayDumper):
+    oid = _INT8_ARRAY_OID
 
 
 def register_dumpers(cur: Cursor[Any] | AsyncCursor[Any]) -> None:
     """Teach one cursor of ours (not the saver's connection) to send the location arrays."""
     cur.adapters.register_dumper(TidArray, _TidArrayDumper)
-    cur.adapters.register_dumper(XidArray, _XidArrayDumper)
+    cur.adapters.register_dumper(Int8Array, _Int8ArrayDumper)
 
 
 def _binary_array(element_oid: int, size: int, packed: bytes) -> bytes:
@@ -194,50 +213,50 @@ def _binary_array(element_oid: int, size: int, packed: bytes) -> bytes:
 
 
 class Locations:
-    """Where one table's doomed rows are: their tuple ids and the xmin each had when read
-    (6 + 4 bytes a row), grouped by block range."""
+    """Where one table's doomed rows are: their tuple ids and their keys' hashes (6 + 8
+    bytes a row), grouped by block range."""
 
-    __slots__ = ("rows", "tids", "xmins")
+    __slots__ = ("hashes", "rows", "tids")
 
     def __init__(self) -> None:
         self.tids: dict[int, bytearray] = {}
-        self.xmins: dict[int, bytearray] = {}
+        self.hashes: dict[int, bytearray] = {}
         self.rows = 0
 
-    def add(self, bucket: int, tids: bytes | bytearray, xmins: bytes | bytearray) -> None:
+    def add(self, bucket: int, tids: bytes | bytearray, hashes: bytes | bytearray) -> None:
         if (held := self.tids.get(bucket)) is None:
-            self.tids[bucket], self.xmins[bucket] = bytearray(tids), bytearray(xmins)
+            self.tids[bucket], self.hashes[bucket] = bytearray(tids), bytearray(hashes)
         else:
             held += tids
-            self.xmins[bucket] += xmins
+            self.hashes[bucket] += hashes
         self.rows += len(tids) // _TID_SIZE
 
-    def add_row(self, tid: bytes, xmin: bytes) -> None:
-        self.add(int.from_bytes(tid, "big") >> (16 + BUCKET_SHIFT), tid, xmin)
+    def add_row(self, tid: bytes, key_hash: bytes) -> None:
+        self.add(int.from_bytes(tid, "big") >> (16 + BUCKET_SHIFT), tid, key_hash)
 
     def absorb(self, other: Locations) -> None:
         for bucket, tids in other.tids.items():
-            self.add(bucket, tids, other.xmins[bucket])
+            self.add(bucket, tids, other.hashes[bucket])
 
     def nbytes(self) -> int:
-        return self.rows * (_TID_SIZE + _XID_SIZE) + 128 * len(self.tids)
+        return self.rows * (_TID_SIZE + _HASH_SIZE) + 128 * len(self.tids)
 
-    def chunks(self, size: int) -> Iterator[tuple[TidArray, XidArray]]:
+    def chunks(self, size: int) -> Iterator[tuple[TidArray, Int8Array]]:
         """The rows in block order, whole buckets of at least `size` rows at a time, as
         parameters; each bucket is forgotten once handed out."""
         tids: list[bytearray] = []
-        xmins: list[bytearray] = []
+        hashes: list[bytearray] = []
         n = 0
         for bucket in sorted(self.tids):
             tids.append(self.tids.pop(bucket))
-            xmins.append(self.xmins.pop(bucket))
+            hashes.append(self.hashes.pop(bucket))
             n += len(tids[-1]) // _TID_SIZE
             if n >= size or not self.tids:
                 yield (
                     TidArray(_binary_array(_TID_OID, _TID_SIZE, b"".join(tids))),
-                    XidArray(_binary_array(_XID_OID, _XID_SIZE, b"".join(xmins))),
+                    Int8Array(_binary_array(_INT8_OID, _HASH_SIZE, b"".join(hashes))),
                 )
-                tids, xmins, n = [], [], 0
+                tids, hashes, n = [], [], 0
         self.rows = 0
 
 
@@ -287,16 +306,16 @@ class PostgresStage(Stage):
     def statements(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """The flush's deleting statements, in order: writes, checkpoints, then blobs, each
         table in block order."""
-        for tids, xmins in self.writes.chunks(FLUSH_CHUNK_ROWS):
-            yield FLUSH_WRITES_SQL, {"tids": tids, "xmins": xmins}
-        for tids, xmins in self.checkpoints.chunks(FLUSH_CHUNK_ROWS):
-            yield FLUSH_CHECKPOINTS_SQL, {"tids": tids, "xmins": xmins}
+        for tids, hashes in self.writes.chunks(FLUSH_CHUNK_ROWS):
+            yield FLUSH_WRITES_SQL, {"tids": tids, "hashes": hashes}
+        for tids, hashes in self.checkpoints.chunks(FLUSH_CHUNK_ROWS):
+            yield FLUSH_CHECKPOINTS_SQL, {"tids": tids, "hashes": hashes}
         planned = {
             "threads": text_array(list(self.newest)),
             "newest": text_array(list(self.newest.values())),
         }
-        for tids, xmins in self.blobs.chunks(FLUSH_CHUNK_ROWS):
-            yield FLUSH_BLOBS_SQL, {**planned, "tids": tids, "xmins": xmins}
+        for tids, hashes in self.blobs.chunks(FLUSH_CHUNK_ROWS):
+            yield FLUSH_BLOBS_SQL, {**planned, "tids": tids, "hashes": hashes}
 
     def count(self, rows: Rows) -> None:
         """Add what a committed flush transaction deleted to its threads' results."""
@@ -364,20 +383,20 @@ def _locate_program(decided: Decided, batch: StagedBatch) -> Program[None]:
         "doomed_ns": text_array(doomed[1]),
         "doomed_ids": text_array(doomed[2]),
     }
-    for bucket, tids, xmins in (yield STAGE_WRITES_SQL, params, True):
-        batch.writes.add(bucket, tids, xmins)
+    for bucket, tids, hashes in (yield STAGE_WRITES_SQL, params, True):
+        batch.writes.add(bucket, tids, hashes)
     params = {
         "threads": threads,
         "kept_threads": text_array(kept[0]),
         "kept_ns": text_array(kept[1]),
         "kept_ids": text_array(kept[2]),
     }
-    for bucket, tids, xmins in (yield STAGE_BLOBS_SQL, params, True):
-        batch.blobs.add(bucket, tids, xmins)
+    for bucket, tids, hashes in (yield STAGE_BLOBS_SQL, params, True):
+        batch.blobs.add(bucket, tids, hashes)
 
 
 def flush_program(sql: str, params: dict[str, Any]) -> Program[Rows]:
     """One flush transaction: our settings, then one block range's deletes."""
     yield ISOLATION_SQL, {}, False
-    yield SETTINGS_SQL, {}, False
+    yield FLUSH_SETTINGS_SQL, {}, False
     return (yield sql, params, True)

@@ -72,9 +72,22 @@ FROM checkpoints c
 WHERE c.thread_id = ANY(%(threads)s::text[])
 """
 
+
+def key_hash(alias: str, columns: tuple[str, ...], seed: str = "0") -> str:
+    """SQL of a 64-bit hash of a row's key `columns` (text), chained through the seed:
+    what a staged delete matches besides the tuple id, which VACUUM may give another row
+    (and VACUUM FULL or pg_repack may give to any row) before the flush."""
+    sql = seed
+    for column in columns:
+        sql = f"hashtextextended({alias}.{column}, {sql})"
+    return sql
+
+
+CHECKPOINT_HASH = key_hash("c", ("thread_id", "checkpoint_ns", "checkpoint_id"))
+
 # The same, for a staged sweep, with where each row is: its heap tuple id (6 bytes: block,
-# line) and the id of the transaction that wrote it (4 bytes), in their binary forms.
-_LOCATION = ", tidsend(c.ctid), xidsend(c.xmin)\nFROM checkpoints c"
+# line) and its key's hash (8 bytes), in their binary forms.
+_LOCATION = f", tidsend(c.ctid), int8send({CHECKPOINT_HASH})\nFROM checkpoints c"
 LOCATED_INDEX_SQL = INDEX_SQL.replace("\nFROM checkpoints c", _LOCATION)
 LOCATED_FACTS_INDEX_SQL = FACTS_INDEX_SQL.replace("\nFROM checkpoints c", _LOCATION)
 
@@ -177,7 +190,7 @@ def matches(a: str, b: str, columns: tuple[str, ...]) -> str:
     return " AND ".join(f"{a}.{col} = {b}.{col}" for col in columns)
 
 
-_CHECKPOINT_KEY = ("thread_id", "checkpoint_ns", "checkpoint_id")
+CHECKPOINT_KEY = ("thread_id", "checkpoint_ns", "checkpoint_id")
 BLOB_KEY = ("thread_id", "checkpoint_ns", "channel", "version")
 
 
@@ -293,14 +306,14 @@ DRY_RUN_SQL = f"""
 WITH {DOOMED_CTE},
 gone AS (
     SELECT c.thread_id, {CHECKPOINT_SIZE} AS size
-    FROM checkpoints c JOIN doomed d ON {matches("d", "c", _CHECKPOINT_KEY)}
+    FROM checkpoints c JOIN doomed d ON {matches("d", "c", CHECKPOINT_KEY)}
 ),
 gone_writes AS (
     SELECT w.thread_id, pg_column_size(w.blob) AS size
-    FROM checkpoint_writes w JOIN doomed d ON {matches("d", "w", _CHECKPOINT_KEY)}
+    FROM checkpoint_writes w JOIN doomed d ON {matches("d", "w", CHECKPOINT_KEY)}
 ),
 live AS ({_REFERENCES}
-      AND NOT EXISTS (SELECT 1 FROM doomed d WHERE {matches("d", "c", _CHECKPOINT_KEY)})
+      AND NOT EXISTS (SELECT 1 FROM doomed d WHERE {matches("d", "c", CHECKPOINT_KEY)})
 ),
 gone_blobs AS (
     SELECT b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
