@@ -231,7 +231,7 @@ def _decide_thread(
         doomed[0].extend([tid] * len(ids))
         doomed[1].extend([ns] * len(ids))
         doomed[2].extend(ids)
-    if decided.locating and plan.delete:
+    if decided.locating and (plan.delete or plan.keep):
         decided.plans[tid] = plan
 
 

@@ -78,7 +78,7 @@ _BLOB_HASH = key_hash("b", BLOB_KEY)
 
 # A row's bucket, its location and its key's hash, aggregated per bucket as the server
 # packs them (both aggregates see the group's rows in the same order).
-_BUCKETED = """(({a}.ctid::text::point)[0])::bigint >> {shift}, string_agg(tidsend({a}.ctid), ''),
+_BUCKETED = """(({a}.ctid::text::point)[0])::bigint >> %(shift)s, string_agg(tidsend({a}.ctid), ''),
        string_agg(int8send({hash}), '')"""
 
 # The doomed checkpoints' writes (by checkpoint key, so writes saved ahead of a kept
@@ -86,14 +86,15 @@ _BUCKETED = """(({a}.ctid::text::point)[0])::bigint >> {shift}, string_agg(tidse
 # their text keys for a merge join (twice the time).
 STAGE_WRITES_SQL = f"""
 WITH {DOOMED_CTE}
-SELECT {_BUCKETED.format(a="w", shift=BUCKET_SHIFT, hash=_WRITE_HASH)}
+SELECT {_BUCKETED.format(a="w", hash=_WRITE_HASH)}
 FROM checkpoint_writes w
 WHERE w.thread_id = ANY(%(threads)s::text[]) AND {KEY_IN_DOOMED.format("w", "w", "w")}
 GROUP BY 1
 """
 
-# The blobs of the doomed threads no kept checkpoint references (the doomed ones' only,
-# dropped subgraph calls', orphans of an earlier cleanup), located. Only the kept
+# The blobs of the batch's threads no kept checkpoint references (the doomed ones' only,
+# dropped subgraph calls', orphans of an earlier cleanup or a halted flush), located, and
+# whose they are. Only the kept
 # checkpoints' versions are read, each through the primary key (the LIMIT keeps it a
 # probe per kept checkpoint: joined, the planner hashed the whole table). Checkpoints
 # committed since the index read are not among them: the flush's re-check protects
@@ -114,7 +115,7 @@ live AS (
     ) c
     CROSS JOIN LATERAL jsonb_each_text(c.versions) AS v
 )
-SELECT {_BUCKETED.format(a="b", shift=BUCKET_SHIFT, hash=_BLOB_HASH)}
+SELECT {_BUCKETED.format(a="b", hash=_BLOB_HASH)}, array_agg(DISTINCT b.thread_id)
 FROM checkpoint_blobs b
 WHERE b.thread_id = ANY(%(threads)s::text[])
   AND NOT EXISTS (SELECT 1 FROM live l WHERE {matches("l", "b", BLOB_KEY)})
@@ -275,9 +276,9 @@ class StagedBatch:
 class PostgresStage(Stage):
     """A sweep's staged deletes, flushed in physical order (`PostgresBackend.flush_stage`)."""
 
-    def __init__(self, budget: int = STAGE_BYTES) -> None:
+    def __init__(self, budget: int | None = None) -> None:
         super().__init__()
-        self.budget = budget
+        self.budget = STAGE_BYTES if budget is None else budget
         self.clear()
 
     def clear(self) -> None:
@@ -356,12 +357,14 @@ def staged_program(
 
 
 def _locate_program(decided: Decided, batch: StagedBatch) -> Program[None]:
-    """Stage the doomed checkpoints (located by the index read), their writes and the
-    blobs left unreferenced; note each thread's result and newest checkpoint id."""
+    """Stage the doomed checkpoints (located by the index read), their writes, and the
+    blobs no kept checkpoint references, in every planned thread: also those with nothing
+    doomed, whose blobs a halted flush may have left unreferenced. Note each staged
+    thread's result and the newest checkpoint id its plan saw."""
     kept: tuple[list[str], list[str], list[str]] = ([], [], [])
+    newest: dict[str, str] = {}
     located, add_row = decided.located, batch.checkpoints.add_row
     for tid, plan in decided.plans.items():
-        batch.results[tid] = decided.results[tid]
         tops = []
         for ns, ids in plan.delete.items():
             for cid in ids:
@@ -373,26 +376,33 @@ def _locate_program(decided: Decided, batch: StagedBatch) -> Program[None]:
             kept[2].extend(ids)
             if ns not in plan.delete:
                 tops.append(max(ids))
-        batch.newest[tid] = min(tops)
+        newest[tid] = min(tops)
     decided.located = {}
     doomed = decided.doomed
-    threads = text_array(list(decided.plans))
+    staged = set(doomed[0])
+    if doomed[0]:
+        params = {
+            "threads": text_array(sorted(staged)),
+            "shift": BUCKET_SHIFT,
+            "doomed_threads": text_array(doomed[0]),
+            "doomed_ns": text_array(doomed[1]),
+            "doomed_ids": text_array(doomed[2]),
+        }
+        for bucket, tids, hashes in (yield STAGE_WRITES_SQL, params, True):
+            batch.writes.add(bucket, tids, hashes)
     params = {
-        "threads": threads,
-        "doomed_threads": text_array(doomed[0]),
-        "doomed_ns": text_array(doomed[1]),
-        "doomed_ids": text_array(doomed[2]),
-    }
-    for bucket, tids, hashes in (yield STAGE_WRITES_SQL, params, True):
-        batch.writes.add(bucket, tids, hashes)
-    params = {
-        "threads": threads,
+        "threads": text_array(list(decided.plans)),
+        "shift": BUCKET_SHIFT,
         "kept_threads": text_array(kept[0]),
         "kept_ns": text_array(kept[1]),
         "kept_ids": text_array(kept[2]),
     }
-    for bucket, tids, hashes in (yield STAGE_BLOBS_SQL, params, True):
+    for bucket, tids, hashes, threads in (yield STAGE_BLOBS_SQL, params, True):
         batch.blobs.add(bucket, tids, hashes)
+        staged.update(threads)
+    for tid in staged:
+        batch.results[tid] = decided.results[tid]
+        batch.newest[tid] = newest[tid]
 
 
 def flush_program(sql: str, params: dict[str, Any]) -> Program[Rows]:
