@@ -62,7 +62,7 @@ __all__ = ["PostgresStage", "StagedBatch", "flush_program", "register_dumpers", 
 BUCKET_SHIFT = 7
 #: Rows per flush transaction (whole buckets, so a little more): short enough that an
 #: app's statement waiting on one of our row locks waits briefly.
-FLUSH_CHUNK_ROWS = 10_000
+FLUSH_CHUNK_ROWS = 20_000
 #: Memory a stage may hold before the sweep flushes it: 14 bytes per staged row, plus
 #: `THREAD_BYTES` per staged thread (its result and its newest checkpoint id).
 STAGE_BYTES = 32 * 1024 * 1024
@@ -145,22 +145,33 @@ WITH gone AS (
 {totals("checkpoints", "gone")}
 """
 
-# Blobs, last, each re-checked against the checkpoints its thread gained since the plan
-# (ids above the oldest of the newest ids the plan saw in the thread's namespaces). The
-# re-check is a scalar subquery so it stays one primary-key probe per blob (an anti-join
-# could hash the whole checkpoints table instead); it finds nothing unless a run wrote.
+# Blobs, last, re-checked against the checkpoints their thread gained since the plan (ids
+# above the oldest of the newest ids the plan saw in the thread's namespaces): once per
+# thread of the block range, which finds none unless a run wrote meanwhile, then per blob
+# only in the threads that did (or that no plan saw: all their checkpoints count). Rows
+# found by tuple id are deleted by tuple id again (a nested loop of TID scans, in order).
 FLUSH_BLOBS_SQL = f"""
 WITH planned AS MATERIALIZED (
     SELECT * FROM unnest(%(threads)s::text[], %(newest)s::text[]) AS p(thread_id, newest)
 ),
+located AS MATERIALIZED (
+    SELECT b.ctid, b.thread_id, b.checkpoint_ns, b.channel, b.version
+    FROM checkpoint_blobs b WHERE {_LOCATED.format(a="b", hash=_BLOB_HASH)}
+),
+fresh AS MATERIALIZED (
+    SELECT t.thread_id, coalesce(t.newest, '') AS newest
+    FROM (SELECT DISTINCT thread_id FROM located) l LEFT JOIN planned t USING (thread_id)
+    WHERE t.newest IS NULL OR EXISTS (
+        SELECT 1 FROM checkpoints c WHERE c.thread_id = l.thread_id AND c.checkpoint_id > t.newest)
+),
 gone AS (
-    DELETE FROM checkpoint_blobs b USING planned p
-    WHERE {_LOCATED.format(a="b", hash=_BLOB_HASH)} AND p.thread_id = b.thread_id
-      AND (SELECT true FROM checkpoints c
-           WHERE c.thread_id = b.thread_id AND c.checkpoint_ns = b.checkpoint_ns
-             AND c.checkpoint_id > p.newest
-             AND c.checkpoint -> 'channel_versions' ->> b.channel = b.version
-           LIMIT 1) IS NULL
+    DELETE FROM checkpoint_blobs b USING located l
+    WHERE b.ctid = l.ctid
+      AND NOT EXISTS (
+          SELECT 1 FROM fresh f
+          JOIN checkpoints c ON c.thread_id = f.thread_id AND c.checkpoint_id > f.newest
+          WHERE f.thread_id = l.thread_id AND c.checkpoint_ns = l.checkpoint_ns
+            AND c.checkpoint -> 'channel_versions' ->> l.channel = l.version)
     RETURNING b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
 )
 {totals("blobs", "gone")}
