@@ -147,33 +147,25 @@ WITH gone AS (
 {totals("checkpoints", "gone")}
 """
 
-# Blobs, last, re-checked against the checkpoints their thread gained since the plan (ids
-# above the oldest of the newest ids the plan saw in the thread's namespaces): once per
-# thread of the block range, which finds none unless a run wrote meanwhile, then per blob
-# only in the threads that did (or that no plan saw: all their checkpoints count). Rows
-# found by tuple id are deleted by tuple id again (a nested loop of TID scans, in order).
+# Blobs, last, each kept if its thread gained a checkpoint since the plan in a namespace
+# the plan saw (an id above the newest it saw there): a run that forked from a doomed
+# checkpoint meanwhile may reference it. Such threads' blobs stay for the next sweep to
+# judge. Checked by the deleting statement itself, once per planned namespace (a probe of
+# the primary key that finds nothing); a scalar array, so the blobs stay a TID scan (a
+# join let the planner read them through the thread index instead).
 FLUSH_BLOBS_SQL = f"""
 WITH planned AS MATERIALIZED (
-    SELECT * FROM unnest(%(threads)s::text[], %(newest)s::text[]) AS p(thread_id, newest)
-),
-located AS MATERIALIZED (
-    SELECT b.ctid, b.thread_id, b.checkpoint_ns, b.channel, b.version
-    FROM checkpoint_blobs b WHERE {_LOCATED.format(a="b", hash=_BLOB_HASH)}
-),
-fresh AS MATERIALIZED (
-    SELECT t.thread_id, coalesce(t.newest, '') AS newest
-    FROM (SELECT DISTINCT thread_id FROM located) l LEFT JOIN planned t USING (thread_id)
-    WHERE t.newest IS NULL OR EXISTS (
-        SELECT 1 FROM checkpoints c WHERE c.thread_id = l.thread_id AND c.checkpoint_id > t.newest)
+    SELECT * FROM unnest(%(threads)s::text[], %(namespaces)s::text[], %(newest)s::text[])
+         AS p(thread_id, checkpoint_ns, newest)
 ),
 gone AS (
-    DELETE FROM checkpoint_blobs b USING located l
-    WHERE b.ctid = l.ctid
-      AND NOT EXISTS (
-          SELECT 1 FROM fresh f
-          JOIN checkpoints c ON c.thread_id = f.thread_id AND c.checkpoint_id > f.newest
-          WHERE f.thread_id = l.thread_id AND c.checkpoint_ns = l.checkpoint_ns
-            AND c.checkpoint -> 'channel_versions' ->> l.channel = l.version)
+    DELETE FROM checkpoint_blobs b
+    WHERE {_LOCATED.format(a="b", hash=_BLOB_HASH)}
+      AND b.thread_id <> ALL(ARRAY(
+          SELECT p.thread_id FROM planned p
+          WHERE EXISTS (SELECT FROM checkpoints c
+                        WHERE c.thread_id = p.thread_id AND c.checkpoint_ns = p.checkpoint_ns
+                          AND c.checkpoint_id > p.newest)))
     RETURNING b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
 )
 {totals("blobs", "gone")}
@@ -276,14 +268,14 @@ class Locations:
 
 class StagedBatch:
     """What one batch staged: its doomed rows' locations, its threads' results, and the
-    newest checkpoint id each thread's plan saw (the blob re-check's bound)."""
+    newest checkpoint id each thread's plan saw in each namespace (the blob re-check)."""
 
     def __init__(self) -> None:
         self.writes = Locations()
         self.checkpoints = Locations()
         self.blobs = Locations()
         self.results: dict[str, ThreadResult] = {}
-        self.newest: dict[str, str] = {}
+        self.newest: dict[tuple[str, str], str] = {}
 
 
 class PostgresStage(Stage):
@@ -299,7 +291,7 @@ class PostgresStage(Stage):
         self.writes = Locations()
         self.checkpoints = Locations()
         self.blobs = Locations()
-        self.newest: dict[str, str] = {}
+        self.newest: dict[tuple[str, str], str] = {}
         self.halted = False
 
     def absorb(self, batch: StagedBatch) -> None:
@@ -325,7 +317,8 @@ class PostgresStage(Stage):
         for tids, hashes in self.checkpoints.chunks(FLUSH_CHUNK_ROWS):
             yield FLUSH_CHECKPOINTS_SQL, {"tids": tids, "hashes": hashes}
         planned = {
-            "threads": text_array(list(self.newest)),
+            "threads": text_array([tid for tid, _ns in self.newest]),
+            "namespaces": text_array([ns for _tid, ns in self.newest]),
             "newest": text_array(list(self.newest.values())),
         }
         for tids, hashes in self.blobs.chunks(FLUSH_CHUNK_ROWS):
@@ -375,24 +368,18 @@ def _locate_program(decided: Decided, batch: StagedBatch) -> Program[None]:
     doomed, whose blobs a halted flush may have left unreferenced. Note each staged
     thread's result and the newest checkpoint id its plan saw."""
     kept: tuple[list[str], list[str], list[str]] = ([], [], [])
-    newest: dict[str, str] = {}
     doomed_hashes: list[bytes] = []
     located, add_row = decided.located, batch.checkpoints.add_row
     for tid, plan in decided.plans.items():
-        tops = []
         for ns, ids in plan.delete.items():
             for cid in ids:
                 tid_bytes, key_hash = located[(tid, ns, cid)]
                 add_row(tid_bytes, key_hash)
                 doomed_hashes.append(key_hash)
-            tops.append(max(ids + plan.keep.get(ns, [])))
         for ns, ids in plan.keep.items():
             kept[0].extend([tid] * len(ids))
             kept[1].extend([ns] * len(ids))
             kept[2].extend(ids)
-            if ns not in plan.delete:
-                tops.append(max(ids))
-        newest[tid] = min(tops)
     decided.located = {}
     doomed = decided.doomed
     staged = set(doomed[0])
@@ -419,7 +406,9 @@ def _locate_program(decided: Decided, batch: StagedBatch) -> Program[None]:
             staged.update(threads)
     for tid in staged:
         batch.results[tid] = decided.results[tid]
-        batch.newest[tid] = newest[tid]
+        plan = decided.plans[tid]
+        for ns in {*plan.keep, *plan.delete}:
+            batch.newest[(tid, ns)] = max(plan.keep.get(ns, []) + plan.delete.get(ns, []))
 
 
 def flush_program(sql: str, params: dict[str, Any]) -> Program[Rows]:
