@@ -23,7 +23,14 @@ from langgraph_retention.backends.postgres import staging as pg_staging
 from langgraph_retention.backends.postgres.staging import PostgresStage
 from langgraph_retention.demo import chat
 
-from .graphs import build_agent, build_delta_graph, build_subgraph_graph, config
+from .graphs import (
+    build_agent,
+    build_delta_graph,
+    build_interrupt_graph,
+    build_subgraph_graph,
+    config,
+    resume,
+)
 
 # Rows only a deleted checkpoint needed (bench_postgres.LEFTOVERS_SQL's orphan counts).
 ORPHANS_SQL = """
@@ -154,6 +161,48 @@ def test_a_full_stage_is_flushed_before_the_next_batch(
     assert {s.checkpoints for s in stats(postgres_saver).threads.values()} == {1}
     assert sql(postgres_url, ORPHANS_SQL)[0] == (0, 0)
     assert states(graph, threads) == before
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        RetentionPolicy(keep_last=1, keep_interrupted=True),
+        RetentionPolicy(keep_last=3, keep_interrupted=True, max_bytes=4_000),
+        RetentionPolicy(keep_last=3, keep_first=True, max_bytes=2**30),
+    ],
+    ids=["interrupts", "interrupts-and-cap", "cap-not-reached"],
+)
+def test_a_staged_sweep_measures_interrupts_and_sizes_as_the_plan_reads_them(
+    postgres_saver: PostgresSaver, postgres_url: str, policy: RetentionPolicy
+) -> None:
+    graph = agents(postgres_saver, ["a", "b"], turns=4)
+    review = build_interrupt_graph(postgres_saver)
+    review.invoke({"log": ["go"]}, config("r"))
+    review.invoke(resume("yes"), config("r"))
+    review.invoke({"log": ["again"]}, config("r"))  # waiting at the second review
+    before = {**states(graph, ["a", "b"]), "r": review.get_state(config("r"))}
+
+    planned = sweep(postgres_saver, policy, dry_run=True, explain=True)  # the unstaged plan
+    staged = sweep(postgres_saver, policy)
+
+    assert staged.ok and staged.deleted_checkpoints > 0
+    assert (staged.deleted_checkpoints, staged.deleted_writes, staged.deleted_blobs) == (
+        planned.deleted_checkpoints,
+        planned.deleted_writes,
+        planned.deleted_blobs,
+    )
+    assert staged.kept_checkpoints == planned.kept_checkpoints
+    assert staged.warnings == planned.warnings
+    kept = {tid: [d.checkpoint_id for d in ds if d.kept] for tid, ds in planned.decisions.items()}
+    for tid, ids in kept.items():
+        remaining = sql(
+            postgres_url, "SELECT checkpoint_id FROM checkpoints WHERE thread_id = %s", (tid,)
+        )
+        assert sorted(r[0] for r in remaining) == sorted(ids)
+    assert sql(postgres_url, ORPHANS_SQL)[0] == (0, 0)
+    assert {**states(graph, ["a", "b"]), "r": review.get_state(config("r"))} == before
+    review.invoke(resume("no"), config("r"))
+    assert review.get_state(config("r")).values["log"][-2:] == ["review:no", "published"]
 
 
 # -- between the plan and the flush --------------------------------------------------------

@@ -172,12 +172,18 @@ def decide_program(
     explain: bool = False,
     expire: Expire | None = None,
     located: bool = False,
+    deferred_facts: bool = False,
+    first: bool = True,
 ) -> Program[Decided]:
     """Read the batch's index (with each row's location when `located`) and decide each
-    thread on its own rows."""
+    thread on its own rows. With `deferred_facts`, the writes and blobs are not read for
+    interrupts and sizes: the staged reads measure them after the decision (rows are
+    sized; `staging.py` decides again the threads the measures say it must). `first`:
+    this opens the transaction (its settings go first)."""
     decided = Decided(list(thread_ids), locating=located)
-    yield ISOLATION_SQL, {}, False
-    yield SETTINGS_SQL, {}, False
+    if first:
+        yield ISOLATION_SQL, {}, False
+        yield SETTINGS_SQL, {}, False
     threads_param = text_array(decided.threads)
     if _needs_facts(policy):
         params = {"threads": threads_param, "tag": policy.keep_tagged}
@@ -196,7 +202,7 @@ def decide_program(
         }
         for tid, ns, cid, versioned, stored in (yield DELTA_SQL, params, True):
             delta[(tid, ns, cid)] = (versioned, stored)
-    facts = yield from _facts_program(rows, threads_param, policy)
+    facts = _Facts() if deferred_facts else (yield from _facts_program(rows, threads_param, policy))
 
     by_thread = _entries(rows, delta, policy, facts)
     del rows, delta, facts  # decided below: let them go before the next round trip
