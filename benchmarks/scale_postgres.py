@@ -94,12 +94,13 @@ import collections, json, sys, time
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph_retention import RetentionPolicy, sweep
 import langgraph_retention.backends.postgres.backend as backend
+import langgraph_retention.backends.postgres.stage as stage
 import langgraph_retention.backends.postgres.staging as staging
 import langgraph_retention.backends.postgres.statements as statements
 
 names = {
     v: k
-    for module in (statements, staging)
+    for module in (statements, staging, stage)
     for k, v in vars(module).items()
     if k.endswith("_SQL") and isinstance(v, str)
 }

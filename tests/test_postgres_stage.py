@@ -19,8 +19,8 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from langgraph_retention import RetentionPolicy, astats, asweep, stats, sweep
 from langgraph_retention.backends.base import Stage
 from langgraph_retention.backends.postgres import PostgresBackend
-from langgraph_retention.backends.postgres import staging as pg_staging
-from langgraph_retention.backends.postgres.staging import PostgresStage
+from langgraph_retention.backends.postgres import stage as pg_stage
+from langgraph_retention.backends.postgres.stage import PostgresStage
 from langgraph_retention.demo import chat
 
 from .graphs import (
@@ -69,7 +69,7 @@ def states(graph: Any, threads: list[str]) -> dict[str, Any]:
     return {tid: graph.get_state(config(tid)) for tid in threads}
 
 
-def staged_tids(locations: pg_staging.Locations) -> set[tuple[int, int]]:
+def staged_tids(locations: pg_stage.Locations) -> set[tuple[int, int]]:
     """(block, line) of every tuple id a stage holds for one table."""
     found = set()
     for packed in locations.tids.values():
@@ -99,8 +99,8 @@ def plan_only(saver: PostgresSaver, thread_ids: list[str], policy: RetentionPoli
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Flush one heap block per transaction, so a small store takes many transactions."""
-    monkeypatch.setattr(pg_staging, "BUCKET_SHIFT", 0)
-    monkeypatch.setattr(pg_staging, "FLUSH_CHUNK_ROWS", 1)
+    monkeypatch.setattr(pg_stage, "BUCKET_SHIFT", 0)
+    monkeypatch.setattr(pg_stage, "FLUSH_CHUNK_ROWS", 1)
 
 
 # -- a staged sweep does what the batch-by-batch prune does ------------------------------------
@@ -152,7 +152,7 @@ def test_a_full_stage_is_flushed_before_the_next_batch(
         return flush(self, stage, halt)
 
     monkeypatch.setattr(PostgresBackend, "flush_stage", counted)
-    monkeypatch.setattr(pg_staging, "STAGE_BYTES", 1)  # full after every batch
+    monkeypatch.setattr(pg_stage, "STAGE_BYTES", 1)  # full after every batch
 
     report = sweep(postgres_saver, KEEP_ONE, batch_size=2)
 
@@ -432,8 +432,8 @@ async def test_an_async_staged_sweep_runs_on_a_connection_or_a_pool(
 async def test_an_async_flush_halted_between_transactions_stops_there(
     postgres_saver: PostgresSaver, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pg_staging, "BUCKET_SHIFT", 0)
-    monkeypatch.setattr(pg_staging, "FLUSH_CHUNK_ROWS", 1)
+    monkeypatch.setattr(pg_stage, "BUCKET_SHIFT", 0)
+    monkeypatch.setattr(pg_stage, "FLUSH_CHUNK_ROWS", 1)
     agents(postgres_saver, ["a", "b"])
     async with AsyncPostgresSaver.from_conn_string(postgres_url) as saver:
         asked: list[int] = []

@@ -47,7 +47,8 @@ from .programs import (
     thread_page_program,
 )
 from .schema import missing_relation, missing_tables_program, not_ready
-from .staging import PostgresStage, flush_program, register_dumpers, staged_program
+from .stage import PostgresStage, flush_program, register_dumpers
+from .staging import staged_program
 from .statements import Program, R
 
 __all__ = ["AsyncPostgresBackend", "PostgresBackend", "PostgresUnavailableError"]
