@@ -86,19 +86,29 @@ def test_postgres_sweep_stops_after_its_batch_when_the_lock_connection_dies(
     postgres_saver: Any, postgres_url: str
 ) -> None:
     populate(build_agent(postgres_saver), THREADS)
+    batches: list[int] = []
 
-    def kill_lock_connection(_result: object) -> None:
-        with psycopg.connect(postgres_url, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name LIKE 'langgraph-retention sweep%'"
-            )
+    def kill_lock_connection() -> bool:  # asked before each batch, after the lock's check
+        batches.append(1)
+        if len(batches) == 1:
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name LIKE 'langgraph-retention sweep%'"
+                )
+        return False
 
     report = sweep(
-        postgres_saver, KEEP, batch_size=1, exclusive=True, progress=kill_lock_connection
+        postgres_saver,
+        KEEP,
+        batch_size=1,
+        exclusive=True,
+        stop=kill_lock_connection,
     )
 
+    # The first batch's staged deletes do not run either: the flush asks first.
     assert report.stopped == "sweep lock lost" and report.threads_seen == 1
+    assert report.deleted_checkpoints == 0
 
 
 def test_redis_lock_is_renewed_past_its_ttl(redis_saver: Any, redis_url: str) -> None:
