@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from langgraph_retention import RetentionPolicy, astats, asweep, stats, sweep
 from langgraph_retention.backends.base import Stage
-from langgraph_retention.backends.postgres import PostgresBackend
+from langgraph_retention.backends.postgres import AsyncPostgresBackend, PostgresBackend
 from langgraph_retention.backends.postgres import stage as pg_stage
 from langgraph_retention.backends.postgres.stage import PostgresStage
 from langgraph_retention.demo import chat
@@ -94,6 +94,12 @@ def plan_only(saver: PostgresSaver, thread_ids: list[str], policy: RetentionPoli
     )
     assert returned == [] and set(stage.results) == set(thread_ids)
     return backend, stage
+
+
+@pytest.fixture(autouse=True)
+def staged_at_any_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage these small stores' sweeps as a store far beyond the buffer cache is."""
+    monkeypatch.setattr(pg_stage, "STAGE_ABOVE_BUFFERS", -1)
 
 
 @pytest.fixture
@@ -456,3 +462,36 @@ def test_a_stage_is_only_taken_from_this_backend(postgres_saver: PostgresSaver) 
     assert isinstance(backend.open_stage(), PostgresStage)
     with pytest.raises(TypeError, match="not a PostgreSQL stage"):
         backend.flush_stage(Stage(), lambda: False)
+
+
+def test_a_store_within_the_buffer_cache_is_swept_batch_by_batch(
+    postgres_saver: PostgresSaver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agents(postgres_saver, ["a", "b"])
+    monkeypatch.setattr(pg_stage, "STAGE_ABOVE_BUFFERS", 8)  # the default: 1 GB of 128 MB
+
+    assert PostgresBackend(postgres_saver).open_stage() is None
+    report = sweep(postgres_saver, KEEP_ONE)
+
+    assert report.ok and {s.checkpoints for s in stats(postgres_saver).threads.values()} == {1}
+
+
+def test_a_store_beyond_the_buffer_cache_stages_with_its_own_batch_size(
+    postgres_saver: PostgresSaver,
+) -> None:
+    agents(postgres_saver, ["a"])
+
+    stage = PostgresBackend(postgres_saver).open_stage()
+
+    assert isinstance(stage, PostgresStage) and stage.batch_size == 250
+
+
+async def test_an_async_saver_chooses_the_same_way(
+    postgres_saver: PostgresSaver, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agents(postgres_saver, ["a"])
+    async with AsyncPostgresSaver.from_conn_string(postgres_url) as saver:
+        backend = AsyncPostgresBackend(saver)
+        assert isinstance(await backend.aopen_stage(), PostgresStage)
+        monkeypatch.setattr(pg_stage, "STAGE_ABOVE_BUFFERS", 8)
+        assert await backend.aopen_stage() is None

@@ -132,11 +132,29 @@ def _check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-def _sweep_batch_size(batch_size: int | None, backend: Backend) -> int:
-    """The threads per transaction of a sweep: the caller's, else the store's own."""
+def _sweep_batch_size(batch_size: int | None, backend: Backend, stage: Stage | None) -> int:
+    """The threads per batch of a sweep: the caller's, else the store's own for the way it
+    sweeps (staged or batch by batch)."""
     if batch_size is None:
-        return backend.sweep_batch_size or DEFAULT_BATCH_SIZE
-    return _check_batch_size(batch_size)
+        staged = stage.batch_size if stage is not None else None
+        return staged or backend.sweep_batch_size or DEFAULT_BATCH_SIZE
+    return batch_size
+
+
+def _open_stage(backend: Backend, dry_run: bool) -> Stage | None:
+    """Where a sweep's deletes wait for storage order, if the store stages them."""
+    if dry_run:
+        return None
+    return _on_loop(backend, backend.aopen_stage) if backend.is_async else backend.open_stage()
+
+
+async def _aopen_stage(backend: Backend, dry_run: bool) -> Stage | None:
+    """`_open_stage` on asyncio."""
+    if dry_run:
+        return None
+    if backend.is_async:
+        return await backend.aopen_stage()
+    return await asyncio.to_thread(backend.open_stage)
 
 
 def _on_loop(backend: Backend, make: Callable[[], Awaitable[T]]) -> T:
@@ -582,14 +600,21 @@ def sweep(
     resolve = _check_policy(policy)
     ids = _check_thread_ids(thread_ids)
     backend = resolve_backend(saver)
-    size = _sweep_batch_size(batch_size, backend)
+    if batch_size is not None:
+        _check_batch_size(batch_size)
     report = PruneReport(dry_run=dry_run)
     lock: SweepLock | None = None
     if exclusive:
         lock = _on_loop(backend, backend.asweep_lock) if backend.is_async else backend.sweep_lock()
         _skipped(lock)
     start = time.perf_counter()
-    stage = None if dry_run else backend.open_stage()
+    try:
+        stage = _open_stage(backend, dry_run)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    size = _sweep_batch_size(batch_size, backend, stage)
     run = _Pass(dry_run, _check_now(now), explain, on_before_delete, stage)
     halt = _Halter(stop, lock)
     try:
@@ -635,7 +660,8 @@ async def asweep(
     resolve = _check_policy(policy)
     ids = _check_thread_ids(thread_ids)
     backend = resolve_backend(saver)
-    size = _sweep_batch_size(batch_size, backend)
+    if batch_size is not None:
+        _check_batch_size(batch_size)
     report = PruneReport(dry_run=dry_run)
     lock: SweepLock | None = None
     if exclusive:
@@ -645,7 +671,13 @@ async def asweep(
             lock = await asyncio.to_thread(backend.sweep_lock)
         await asyncio.to_thread(_skipped, lock)
     start = time.perf_counter()
-    stage = None if dry_run else backend.open_stage()
+    try:
+        stage = await _aopen_stage(backend, dry_run)
+    except BaseException:
+        if lock is not None:
+            await asyncio.to_thread(lock.release)
+        raise
+    size = _sweep_batch_size(batch_size, backend, stage)
     run = _Pass(dry_run, _check_now(now), explain, on_before_delete, stage)
     halt = _Halter(stop, lock)
 

@@ -62,6 +62,10 @@ class Stage:
     subclasses this with its own row buffers and says when it is `full` (memory bound).
     """
 
+    #: Threads per batch of a staged sweep whose caller names no batch size (None: the
+    #: backend's `sweep_batch_size`): planning holds a batch's index, not its deletes.
+    batch_size: int | None = None
+
     def __init__(self) -> None:
         self.results: dict[str, ThreadResult] = {}
 
@@ -211,7 +215,7 @@ class Backend:
 
     def open_stage(self) -> Stage | None:
         """A new `Stage` for a sweep's deletes, or None when this store deletes batch by
-        batch (the default)."""
+        batch (the default). It may read the store to choose (how big it is)."""
         return None
 
     def flush_stage(self, stage: Stage, halt: Halt) -> list[ThreadResult]:
@@ -271,6 +275,10 @@ class Backend:
         stage: Stage | None = None,
     ) -> list[ThreadResult]:
         raise NotImplementedError
+
+    async def aopen_stage(self) -> Stage | None:
+        """`open_stage` for async savers."""
+        return None
 
     async def aflush_stage(self, stage: Stage, halt: Halt) -> list[ThreadResult]:
         """`flush_stage` for async savers (`halt` may block briefly: call it in a thread

@@ -47,7 +47,7 @@ from .programs import (
     thread_page_program,
 )
 from .schema import missing_relation, missing_tables_program, not_ready
-from .stage import PostgresStage, flush_program, register_dumpers
+from .stage import PostgresStage, flush_program, register_dumpers, stage_program
 from .staging import staged_program
 from .statements import Program, R
 
@@ -58,11 +58,15 @@ class PostgresUnavailableError(StoreUnavailableError):
     """The PostgreSQL server could not be reached, so the operation did not complete."""
 
 
-#: Threads per transaction of a sweep that names no batch size. A sweep stages its
-#: deletes and runs them in physical order, so the batch size no longer decides how often
-#: a heap page is rewritten; it bounds the memory of a batch's index (~50 MB per 1,000
-#: threads x 60 checkpoints) and how often the batches' reads revisit a page.
-SWEEP_BATCH_SIZE = 250
+#: Threads per transaction of a sweep that names no batch size and deletes batch by batch
+#: (a store that fits the buffer cache several times over: `stage.STAGE_ABOVE_BUFFERS`).
+#: Fewer, bigger batches visit each shared heap page fewer times; 1,000 threads x 60
+#: checkpoints hold ~50 MB more client memory than 100.
+SWEEP_BATCH_SIZE = 1000
+#: The same for a sweep that stages its deletes and runs them in physical order: the batch
+#: size no longer decides how often a heap page is rewritten; it bounds the memory of a
+#: batch's index next to the stage's, and how often the batches' reads revisit a page.
+STAGED_BATCH_SIZE = 250
 
 #: Attempts of a batch's transaction when Postgres reports a deadlock or a serialization
 #: failure (another transaction changed the same rows); each attempt re-reads the index.
@@ -205,8 +209,11 @@ class PostgresBackend(Backend):
         _own(stage).absorb(batch)  # only once the batch's transaction committed
         return results
 
-    def open_stage(self) -> PostgresStage:
-        return PostgresStage()
+    def open_stage(self) -> PostgresStage | None:
+        stage = self._exec(stage_program, write=False)
+        if stage is not None:
+            stage.batch_size = STAGED_BATCH_SIZE
+        return stage
 
     def flush_stage(self, stage: Stage, halt: Halt) -> list[ThreadResult]:
         staged = _own(stage)
@@ -313,8 +320,11 @@ class AsyncPostgresBackend(Backend):
         _own(stage).absorb(batch)
         return results
 
-    def open_stage(self) -> PostgresStage:
-        return PostgresStage()
+    async def aopen_stage(self) -> PostgresStage | None:
+        stage = await self._aexec(stage_program, write=False)
+        if stage is not None:
+            stage.batch_size = STAGED_BATCH_SIZE
+        return stage
 
     async def aflush_stage(self, stage: Stage, halt: Halt) -> list[ThreadResult]:
         staged = _own(stage)

@@ -45,6 +45,7 @@ from .statements import (
 )
 
 __all__ = [
+    "STAGE_ABOVE_BUFFERS",
     "Int8Array",
     "Locations",
     "PostgresStage",
@@ -52,6 +53,7 @@ __all__ = [
     "flush_program",
     "packed_array",
     "register_dumpers",
+    "stage_program",
 ]
 
 #: Heap blocks per bucket of staged locations (2**7 = 128 blocks, 1 MiB of heap): the
@@ -64,6 +66,26 @@ FLUSH_CHUNK_ROWS = 20_000
 #: `THREAD_BYTES` per staged thread (its result and its newest checkpoint id).
 STAGE_BYTES = 32 * 1024 * 1024
 THREAD_BYTES = 400
+
+#: A sweep stages its deletes when the saver's tables (heap and TOAST) are bigger than
+#: this many times the server's `shared_buffers`. Batch by batch, a page holding rows of
+#: several threads is dirtied once per batch with a row on it; while the store fits in the
+#: buffer cache those revisits are hits, and staging's second read of each table costs more
+#: than it saves (2,000 scattered threads, 440 MB, 128 MB of buffers: 1.23x the floor batch
+#: by batch, 1.51x staged). Far beyond the cache, every revisit is a page read, a write-back
+#: and, after each server checkpoint, a full-page image in the WAL (20,000 threads, 4.4 GB:
+#: 1.2-1.4x batch by batch, 0.8-1.0x staged). README, "At scale: PostgreSQL".
+STAGE_ABOVE_BUFFERS = 8
+
+# The saver's tables' size and the server's buffer cache, both in bytes (a table the saver
+# has not created counts as empty; `check_store` says so elsewhere).
+STORE_SIZE_SQL = """
+SELECT coalesce(sum(pg_table_size(t.oid)), 0)::bigint,
+       pg_size_bytes(current_setting('shared_buffers'))
+FROM unnest(ARRAY[to_regclass('checkpoints'), to_regclass('checkpoint_writes'),
+                  to_regclass('checkpoint_blobs')]) AS t(oid)
+WHERE t.oid IS NOT NULL
+"""
 
 _TID_SIZE, HASH_SIZE = 6, 8
 _TID_OID, INT8_OID, _TID_ARRAY_OID, _INT8_ARRAY_OID = 27, 20, 1010, 1016
@@ -322,3 +344,12 @@ def flush_program(sql: str, params: dict[str, Any]) -> Program[Rows]:
     yield ISOLATION_SQL, {}, False
     yield FLUSH_SETTINGS_SQL, {}, False
     return (yield sql, params, True)
+
+
+def stage_program(budget: int | None = None) -> Program[PostgresStage | None]:
+    """A stage for a sweep of a store too big for the server's buffer cache (see
+    `STAGE_ABOVE_BUFFERS`), else None: the sweep deletes batch by batch."""
+    ((store_bytes, buffer_bytes),) = yield STORE_SIZE_SQL, {}, True
+    if int(store_bytes) <= STAGE_ABOVE_BUFFERS * int(buffer_bytes):
+        return None
+    return PostgresStage(budget)
