@@ -38,10 +38,10 @@ from langgraph_retention.policy import RetentionPolicy
 from langgraph_retention.report import ThreadResult, ThreadStats
 
 from ..base import Backend, Expire, Halt, Span, Stage, gc_paused
+from .capped import batch_program
 from .connection import server_name
 from .lock import PostgresSweepLock
 from .programs import (
-    prune_program,
     spans_program,
     stats_program,
     thread_page_program,
@@ -200,7 +200,7 @@ class PostgresBackend(Backend):
     ) -> list[ThreadResult]:
         if stage is None or dry_run:
             return self._exec(
-                lambda: prune_program(thread_ids, policy, dry_run, now, explain, expire),
+                lambda: batch_program(thread_ids, policy, dry_run, now, explain, expire),
                 write=True,
             )
         results, batch = self._exec(
@@ -311,7 +311,7 @@ class AsyncPostgresBackend(Backend):
     ) -> list[ThreadResult]:
         if stage is None or dry_run:
             return await self._aexec(
-                lambda: prune_program(thread_ids, policy, dry_run, now, explain, expire),
+                lambda: batch_program(thread_ids, policy, dry_run, now, explain, expire),
                 write=True,
             )
         results, batch = await self._aexec(

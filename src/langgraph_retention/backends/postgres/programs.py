@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from operator import itemgetter
 from types import MappingProxyType
@@ -163,6 +163,8 @@ class Decided:
     locating: bool = False
     plans: dict[str, ThreadPlan] = field(default_factory=dict)
     located: dict[Key, tuple[bytes, bytes]] = field(default_factory=dict)
+    #: Each thread's index, kept when its decision may be taken again (`capped.py`).
+    entries: dict[str, list[CheckpointEntry]] | None = None
 
 
 def decide_program(
@@ -174,11 +176,14 @@ def decide_program(
     located: bool = False,
     deferred_facts: bool = False,
     first: bool = True,
+    uncapped: bool = False,
 ) -> Program[Decided]:
     """Read the batch's index (with each row's location when `located`) and decide each
     thread on its own rows. With `deferred_facts`, the writes and blobs are not read for
     interrupts and sizes: the staged reads measure them after the decision (rows are
-    sized; `staging.py` decides again the threads the measures say it must). `first`:
+    sized; `staging.py` decides again the threads the measures say it must). With
+    `uncapped`, the threads are decided without `max_bytes`, their rows sized, their
+    plans and indexes kept (`capped.py` caps those the deletes show over it). `first`:
     this opens the transaction (its settings go first)."""
     decided = Decided(list(thread_ids), locating=located)
     if first:
@@ -202,12 +207,18 @@ def decide_program(
         }
         for tid, ns, cid, versioned, stored in (yield DELTA_SQL, params, True):
             delta[(tid, ns, cid)] = (versioned, stored)
-    facts = _Facts() if deferred_facts else (yield from _facts_program(rows, threads_param, policy))
+    deciding = replace(policy, max_bytes=None) if uncapped else policy
+    if deferred_facts:
+        facts = _Facts()
+    else:
+        facts = yield from _facts_program(rows, threads_param, deciding)
 
     by_thread = _entries(rows, delta, policy, facts)
     del rows, delta, facts  # decided below: let them go before the next round trip
+    if uncapped:
+        decided.entries = by_thread
     for tid in decided.threads:
-        _decide_thread(decided, tid, by_thread.get(tid, []), policy, now, explain, expire)
+        _decide_thread(decided, tid, by_thread.get(tid, []), deciding, now, explain, expire)
     return decided
 
 
@@ -237,7 +248,7 @@ def _decide_thread(
         doomed[0].extend([tid] * len(ids))
         doomed[1].extend([ns] * len(ids))
         doomed[2].extend(ids)
-    if decided.locating and (plan.delete or plan.keep):
+    if (decided.locating and (plan.delete or plan.keep)) or decided.entries is not None:
         decided.plans[tid] = plan
 
 
@@ -281,12 +292,7 @@ def prune_program(
     doomed = decided.doomed
     totals: Rows = []
     if doomed[2]:
-        params = {
-            "threads": text_array(sorted(set(doomed[0]))),
-            "doomed_threads": text_array(doomed[0]),
-            "doomed_ns": text_array(doomed[1]),
-            "doomed_ids": text_array(doomed[2]),
-        }
+        params = doomed_params(doomed)
         if dry_run:
             totals += yield DRY_RUN_SQL, params, True
         else:
@@ -295,6 +301,17 @@ def prune_program(
     totals += yield from expire_program(decided, dry_run)
     add_totals(decided.results, totals)
     return [decided.results[tid] for tid in decided.threads]
+
+
+def doomed_params(doomed: tuple[list[str], list[str], list[str]]) -> dict[str, str]:
+    """The parameters of `DELETE_CHECKPOINTS_SQL` / `DRY_RUN_SQL` for doomed checkpoints
+    (threads, namespaces, ids: three parallel lists)."""
+    return {
+        "threads": text_array(sorted(set(doomed[0]))),
+        "doomed_threads": text_array(doomed[0]),
+        "doomed_ns": text_array(doomed[1]),
+        "doomed_ids": text_array(doomed[2]),
+    }
 
 
 def _written_since(

@@ -198,7 +198,7 @@ BLOB_KEY = ("thread_id", "checkpoint_ns", "channel", "version")
 # blobs it loads. The `?` test is always true; it stands in for a row estimate the planner
 # lacks (it takes 100 rows per `jsonb_each_text`, 25x too many, and then splits the hash
 # of the references into dozens of batches spilled to disk).
-_REFERENCES = """
+REFERENCES = """
     SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, v.value AS version
     FROM checkpoints c
     CROSS JOIN LATERAL jsonb_each_text(c.checkpoint -> 'channel_versions') AS v
@@ -254,7 +254,7 @@ gone_blobs AS (
 """
 
 _BLOBS_OF_THREADS = "b.thread_id = ANY(%(threads)s::text[])"
-_UNREFERENCED = f"NOT EXISTS (SELECT 1 FROM live l WHERE {matches('l', 'b', BLOB_KEY)})"
+UNREFERENCED = f"NOT EXISTS (SELECT 1 FROM live l WHERE {matches('l', 'b', BLOB_KEY)})"
 
 # First statement: the doomed checkpoints and their writes (which may commit before their
 # checkpoint: they go by the ids deleted, never by "all but the kept"), counted per
@@ -291,10 +291,10 @@ UNION ALL
 # blob and checkpoint alike. Only the batch's threads are read (`thread_id` leads the blob
 # primary key, so a big table is not scanned).
 DELETE_BLOBS_SQL = f"""
-WITH live AS ({_REFERENCES}
+WITH live AS ({REFERENCES}
 ),
 gone_blobs AS (
-    DELETE FROM checkpoint_blobs b WHERE {_BLOBS_OF_THREADS} AND {_UNREFERENCED}
+    DELETE FROM checkpoint_blobs b WHERE {_BLOBS_OF_THREADS} AND {UNREFERENCED}
     RETURNING b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
 )
 {totals("blobs", "gone_blobs")}
@@ -312,12 +312,12 @@ gone_writes AS (
     SELECT w.thread_id, pg_column_size(w.blob) AS size
     FROM checkpoint_writes w JOIN doomed d ON {matches("d", "w", CHECKPOINT_KEY)}
 ),
-live AS ({_REFERENCES}
+live AS ({REFERENCES}
       AND NOT EXISTS (SELECT 1 FROM doomed d WHERE {matches("d", "c", CHECKPOINT_KEY)})
 ),
 gone_blobs AS (
     SELECT b.thread_id, coalesce(pg_column_size(b.blob), 0) AS size
-    FROM checkpoint_blobs b WHERE {_BLOBS_OF_THREADS} AND {_UNREFERENCED}
+    FROM checkpoint_blobs b WHERE {_BLOBS_OF_THREADS} AND {UNREFERENCED}
 )
 {totals("checkpoints", "gone")}
 UNION ALL
