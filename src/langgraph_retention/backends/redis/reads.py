@@ -10,6 +10,7 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from langgraph.checkpoint.redis.util import (
     from_storage_safe_id,
@@ -38,8 +39,9 @@ from .model import (
     _keys,
     _Layout,
     _objkeys,
+    _owners,
+    _parse_search,
     _Thread,
-    _version,
 )
 from .scripts import LUA_KEYS, SIZES_LUA
 from .search import (
@@ -50,15 +52,18 @@ from .search import (
     INTERRUPT_LOAD,
     KEYS_LOAD,
     KEYS_STEPS,
-    OVERVIEW_LOAD,
-    OVERVIEW_STEPS,
+    MARKS_LOAD,
+    MARKS_STEPS,
     SENDS_STEPS,
     SPANS_LOAD,
     SPANS_STEPS,
     TAG_LOAD,
     _aggregates,
     _read_all,
+    _read_with,
+    _searches,
     _tag,
+    _taggable,
     _thread_of,
 )
 
@@ -68,38 +73,64 @@ SENDS_MOVED_VERSION = 4
 
 
 def _read_overview(layout: _Layout, thread_ids: Sequence[str]) -> Program[dict[str, _Thread]]:
-    """Each thread's checkpoints and writes from their keys (one round trip), and which
-    threads need the field-by-field read instead."""
-    cp_cmds = _aggregates(layout.checkpoint_index, thread_ids, OVERVIEW_LOAD, OVERVIEW_STEPS)
-    wr_cmds = _aggregates(layout.write_index, thread_ids, KEYS_LOAD, KEYS_STEPS)
-    sends_cmds = _aggregates(
-        layout.write_index, thread_ids, ("@thread_id",), SENDS_STEPS,
+    """Each thread's checkpoint and write keys from the indexes alone (FT.SEARCH ...
+    NOCONTENT, no document loaded), and the threads that may involve a DeltaChannel or
+    have pending sends (aggregations returning only those), in one round trip; threads
+    the keys cannot plan are marked for the field-by-field read."""
+    ids = list(dict.fromkeys(thread_ids))
+    taggable = [tid for tid in ids if _taggable(tid)]
+    cp_cmds, cp_groups = _searches(layout.checkpoint_index, taggable)
+    wr_cmds, wr_groups = _searches(layout.write_index, taggable)
+    flag_cmds = _aggregates(layout.checkpoint_index, taggable, MARKS_LOAD, MARKS_STEPS)
+    flag_cmds += _aggregates(
+        layout.write_index, taggable, ("@thread_id",), SENDS_STEPS,
         where=f"@channel:{{{_tag(TASKS)}}}",
     )  # fmt: skip
-    results = yield from _read_all(cp_cmds + wr_cmds + sends_cmds)
-    cp_rows, results = results[: len(cp_cmds)], results[len(cp_cmds) :]
-    wr_rows, sends_rows = results[: len(wr_cmds)], results[len(wr_cmds) :]
-    wanted = set(thread_ids)
-    with_sends = {_thread_of(r, wanted) for rows in sends_rows for r in rows}
+    found, flag_rows = yield from _read_with(cp_cmds + wr_cmds, flag_cmds)
+    cp_keys, odd = _attribute(layout.checkpoint_prefix, cp_groups, found[: len(cp_cmds)])
+    wr_keys, writes_odd = _attribute(layout.write_prefix, wr_groups, found[len(cp_cmds) :])
+    wanted = set(ids)
+    odd.update(tid for rows in flag_rows for r in rows if (tid := _thread_of(r, wanted)))
+    odd.update(set(ids) - set(taggable))  # no tag to search by
     threads: dict[str, _Thread] = {}
-    for rows in cp_rows:
-        for row in rows:
-            tid = _thread_of(row, wanted)
-            if tid is None:
-                continue
-            thread = _Thread(stored_id=row["thread_id"])
-            docs = _docs_from_keys(layout, thread.stored_id, _keys(row))
-            thread.detailed = docs is None or tid in with_sends or _version(row.get("delta")) != 0
-            thread.docs = docs or []
-            thread.writes_known = not thread.detailed
+    for tid in ids:
+        stored = to_storage_safe_id(tid)
+        if tid in odd:
+            threads[tid] = _Thread(stored_id=stored, detailed=True)
+        elif tid in cp_keys:
+            docs = _docs_from_keys(layout, stored, cp_keys[tid])
+            thread = _Thread(stored_id=stored, docs=docs or [], detailed=docs is None)
+            thread.writes_known = (
+                not thread.detailed
+                and tid not in writes_odd
+                and _attach_writes(layout, thread, wr_keys.get(tid, []))
+            )
             threads[tid] = thread
-    for rows in wr_rows:
-        for row in rows:
-            owner = _thread_of(row, wanted)
-            fast = threads.get(owner) if owner is not None else None
-            if fast is not None and fast.writes_known:
-                fast.writes_known = _attach_writes(layout, fast, _keys(row))
     return threads
+
+
+def _attribute(
+    prefix: str, groups: Sequence[Sequence[str]], replies: Sequence[Any]
+) -> tuple[dict[str, list[str]], set[str]]:
+    """Keys of FT.SEARCH replies per thread of the query's group, told apart by their
+    `{prefix}:{stored id}:` (tag matches are a superset: other threads' keys fit none, or
+    fail the key split later). Threads a key fits together, or whose query matched more
+    than a reply holds, come back as odd: they are read field by field."""
+    by_thread: dict[str, list[str]] = defaultdict(list)
+    odd: set[str] = set()
+    for group, reply in zip(groups, replies, strict=True):
+        keys, total = _parse_search(reply)
+        if total > len(keys):
+            odd.update(group)
+            continue
+        heads = {to_storage_safe_id(tid): tid for tid in group}
+        for key in keys:
+            owners = _owners(prefix, heads, key)
+            if len(owners) == 1:
+                by_thread[owners[0]].append(key)
+            else:
+                odd.update(owners)
+    return by_thread, odd
 
 
 def _read_details(layout: _Layout, threads: dict[str, _Thread]) -> Program[None]:
