@@ -197,7 +197,9 @@ def _prune_program(
         result = slots[tid]
         result.deleted_checkpoints = len(docs)
         result.deleted_writes = len(write_keys)
-        keys = [k for d in docs for k in (d.key, layout.registry_key(d.key))] + write_keys
+        # Writes first, each checkpoint last: a sweep stopped between Lua calls leaves
+        # doomed checkpoints (found again next time), never writes of a deleted one.
+        keys = write_keys + [k for d in docs for k in (layout.registry_key(d.key), d.key)]
         if tid in guards:
             job_guards[len(jobs)] = guards[tid]
         if sizes is not None and all(k in sizes.by_key for k in keys):

@@ -125,10 +125,11 @@ def _parse_search(reply: Any) -> tuple[list[str], int]:
     return [_decode(k) for k in reply[1:]], int(reply[0])
 
 
-def _owners(prefix: str, heads: Mapping[str, str], key: str) -> list[str]:
+def _owners(prefix: str, heads: Mapping[str, str], key: str, nested: bool = True) -> list[str]:
     """The threads whose keys may begin like `key`: each `{prefix}:{stored id}:` that starts
     it, for the stored ids in `heads` (stored id -> thread id). Ids may hold ':', so one
-    key can fit two (`a` and `a:b`): callers then read those threads field by field."""
+    key can fit two (`a` and `a:b`): callers then read those threads field by field.
+    `nested=False` when no id in `heads` holds a ':' (only the first piece can fit)."""
     start = len(prefix) + 1
     if not key.startswith(prefix) or key[start - 1 : start] != ":":
         return []
@@ -138,7 +139,7 @@ def _owners(prefix: str, heads: Mapping[str, str], key: str) -> list[str]:
         tid = heads.get(key[start:end])
         if tid is not None:
             owners.append(tid)
-        end = key.find(":", end + 1)
+        end = key.find(":", end + 1) if nested else -1
     return owners
 
 

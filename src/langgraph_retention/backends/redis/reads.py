@@ -43,7 +43,7 @@ from .model import (
     _parse_search,
     _Thread,
 )
-from .scripts import LUA_KEYS, SIZES_LUA
+from .scripts import LUA_KEYS, SIZES_LUA, _kinds
 from .search import (
     DELTA_MARK,
     DETAIL_LOAD,
@@ -124,8 +124,9 @@ def _attribute(
             odd.update(group)
             continue
         heads = {to_storage_safe_id(tid): tid for tid in group}
+        nested = any(":" in stored for stored in heads)
         for key in keys:
-            owners = _owners(prefix, heads, key)
+            owners = _owners(prefix, heads, key, nested)
             if len(owners) == 1:
                 by_thread[owners[0]].append(key)
             else:
@@ -311,7 +312,7 @@ def _read_sizes(layout: _Layout, docs: Sequence[tuple[_Thread, Sequence[_Doc]]])
     sizes = _Sizes()
     if keys:
         chunks = [keys[i : i + LUA_KEYS] for i in range(0, len(keys), LUA_KEYS)]
-        replies = yield [("EVAL", SIZES_LUA, len(chunk), *chunk) for chunk in chunks]
+        replies = yield [("EVAL", SIZES_LUA, len(chunk), *chunk, _kinds(chunk)) for chunk in chunks]
         measured = [size for reply in replies for size in reply]
         for owner, key, reply in zip(owners, keys, measured, strict=True):
             size = int(reply or 0)
