@@ -46,6 +46,7 @@ from langgraph_retention.policy import (
 from langgraph_retention.report import ThreadResult, ThreadStats
 
 from ..base import Backend, Expire, Span, Stage, decide, gc_paused
+from .deletes import _delete_program, _Job, _job
 from .lock import RedisSweepLock, lock_key
 from .model import (
     Command,
@@ -117,6 +118,21 @@ def _prune_program(
     expire: Expire | None = None,
 ) -> Program[list[ThreadResult]]:
     """Read the batch's index, decide each thread, size and delete (unless dry run), report."""
+    results, jobs = yield from _plan_program(layout, thread_ids, policy, now, explain, expire)
+    yield from _delete_program(jobs, dry_run)
+    return results
+
+
+def _plan_program(
+    layout: _Layout,
+    thread_ids: Sequence[str],
+    policy: RetentionPolicy,
+    now: datetime,
+    explain: bool = False,
+    expire: Expire | None = None,
+) -> Program[tuple[list[ThreadResult], list[_Job]]]:
+    """Read the batch's index and decide each thread: every thread's result (deleted
+    counts at zero) and the deletes of those with something to delete."""
     threads = yield from _read_overview(layout, thread_ids)
     yield from _read_details(layout, threads)
     names_by_thread, channels = yield from _read_stored_channels(threads)
@@ -184,10 +200,7 @@ def _prune_program(
     writes = yield from _read_doomed_writes(layout, unknown)
 
     slots = {r.thread_id: r for r in results}
-    jobs: list[tuple[list[str], list[str]]] = []
-    job_results: list[ThreadResult] = []
-    job_guards: dict[int, list[str]] = {}
-    presized: dict[int, int] = {}  # job -> bytes its keys measured while planning
+    jobs: list[_Job] = []
     for tid, docs in doomed_by_thread.items():
         thread = threads[tid]
         if tid in unknown:
@@ -195,54 +208,13 @@ def _prune_program(
         else:
             write_keys = [k for d in docs for k in thread.writes.get((d.ns, d.cid), [])]
         result = slots[tid]
-        result.deleted_checkpoints = len(docs)
-        result.deleted_writes = len(write_keys)
-        # Writes first, each checkpoint last: a sweep stopped between Lua calls leaves
-        # doomed checkpoints (found again next time), never writes of a deleted one.
-        keys = write_keys + [k for d in docs for k in (layout.registry_key(d.key), d.key)]
-        if tid in guards:
-            job_guards[len(jobs)] = guards[tid]
-        if sizes is not None and all(k in sizes.by_key for k in keys):
-            presized[len(jobs)] = sum(sizes.by_key[k] for k in keys)
-        jobs.append((keys, pointers[tid]))
-        job_results.append(result)
-    if not jobs:
-        return results
-    calls, owner = _size_calls(
-        jobs, not dry_run, job_guards, set(presized) if not dry_run else set()
-    )
-    replies = yield calls
-    first_refused: dict[int, bool] = {}  # job -> its first call found a guard broken
-    refused: set[int] = set()
-    for job, reply in zip(owner, replies[1:], strict=True):
-        size = int(reply or 0)
-        first_refused.setdefault(job, size < 0)
-        if size < 0:
-            refused.add(job)
-        else:
-            job_results[job].bytes_freed += size
-    for job, measured in presized.items():
-        if not dry_run and not first_refused.get(job):
-            job_results[job].bytes_freed += measured
-    for job in refused:
-        _written_since(job_results[job], untouched=first_refused[job])
-    return results
-
-
-def _written_since(result: ThreadResult, untouched: bool) -> None:
-    """An expired thread a run wrote to after the decision: the script refused it."""
-    if untouched:
-        result.kept_checkpoints += result.deleted_checkpoints  # every one it read stays
-        result.deleted_checkpoints = result.deleted_writes = result.bytes_freed = 0
-        result.expired, result.decisions = None, None
-        result.warnings.append(
-            f"thread {result.thread_id!r} was written to since it expired; it was left whole"
+        result.deleted_checkpoints = result.deleted_writes = 0  # counted as calls commit
+        checkpoints = [(layout.registry_key(d.key), d.key) for d in docs]
+        by_key = sizes.by_key if sizes is not None else None
+        jobs.append(
+            _job(result, write_keys, checkpoints, pointers[tid], guards.get(tid, []), by_key)
         )
-    else:
-        result.warnings.append(
-            f"thread {result.thread_id!r} was written to while it was being deleted; "
-            "its newest checkpoints stay"
-        )
+    return results, jobs
 
 
 def _stats_program(
@@ -278,7 +250,7 @@ def _stats_program(
                 keys[tid] += write_keys
     order = [tid for tid in thread_ids if tid in found]
     if order:
-        calls, owner = _size_calls([(keys[tid], []) for tid in order], delete=False)
+        calls, owner = _size_calls([keys[tid] for tid in order])
         replies = yield calls
         for job, size in zip(owner, replies[1:], strict=True):
             found[order[job]].bytes += int(size or 0)

@@ -4,7 +4,7 @@ and expiry guards, each call on at most `LUA_KEYS` keys (a call blocks the serve
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from langgraph.checkpoint.redis.key_registry import WRITE_KEYS_ZSET_PREFIX
 
@@ -93,25 +93,16 @@ return sizes
 )
 
 
-def _size_calls(
-    jobs: Sequence[tuple[list[str], list[str]]],
-    delete: bool,
-    guards: Mapping[int, list[str]] | None = None,
-    presized: set[int] | frozenset[int] = frozenset(),
-) -> tuple[list[Command], list[int]]:
-    """Lua calls sizing (and deleting) each job's keys, at most `LUA_KEYS` per call; the
-    pointer repairs ride on a job's last call, a job's `guards` (pointer, expected key
-    pairs) on every call. Returns the calls and each call's job."""
+def _size_calls(jobs: Sequence[list[str]]) -> tuple[list[Command], list[int]]:
+    """Lua calls sizing each job's keys (nothing deleted), at most `LUA_KEYS` per call,
+    after the script's load. Returns the calls and each call's job."""
     calls: list[Command] = []
     owner: list[int] = []
-    for job, (keys, pointer_args) in enumerate(jobs):
-        starts = list(range(0, len(keys), LUA_KEYS)) or [0]
-        guard = (guards or {}).get(job, [])
-        for start in starts:
+    for job, keys in enumerate(jobs):
+        for start in range(0, len(keys), LUA_KEYS):
             chunk = keys[start : start + LUA_KEYS]
-            mode = ("2" if job in presized else "1") if delete else "0"
-            argv = [mode + (_kinds(chunk) if mode != "2" else ""), str(len(guard) // 2), *guard]
-            argv += pointer_args if start == starts[-1] else []
-            calls.append(("EVALSHA", SIZE_AND_DELETE_SHA, len(chunk), *chunk, *argv))
+            calls.append(
+                ("EVALSHA", SIZE_AND_DELETE_SHA, len(chunk), *chunk, "0" + _kinds(chunk), "0")
+            )
             owner.append(job)
     return [("SCRIPT", "LOAD", SIZE_AND_DELETE_LUA), *calls], owner
