@@ -45,7 +45,7 @@ from langgraph_retention.policy import (
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from ..base import Backend, Expire, Span, Stage, decide, gc_paused
+from ..base import Backend, Expire, Halt, Span, Stage, decide, gc_paused
 from .deletes import _delete_program, _Job, _job
 from .lock import RedisSweepLock, lock_key
 from .model import (
@@ -83,6 +83,7 @@ from .search import (
     _read_all,
     _thread_of,
 )
+from .stage import AsyncRedisStage, RedisStage
 
 __all__ = ["AsyncRedisBackend", "RedisBackend", "RedisUnavailableError"]
 
@@ -395,6 +396,19 @@ async def _arun(client: Any, program: Program[R]) -> R:
         raise translated from exc
 
 
+def _split(jobs: list[_Job]) -> tuple[list[_Job], list[_Job]]:
+    """Jobs deleting whole expired threads (they go at once: their script re-checks the
+    newest checkpoint the decision saw) and the others (they may be staged)."""
+    whole = [j for j in jobs if j.result.expired is not None]
+    return whole, [j for j in jobs if j.result.expired is None]
+
+
+def _unstaged(results: list[ThreadResult], staged: list[_Job]) -> list[ThreadResult]:
+    """The batch's results but those of staged threads (the flush reports them)."""
+    ids = {job.result.thread_id for job in staged}
+    return [r for r in results if r.thread_id not in ids]
+
+
 def _unseen(ids: Sequence[str], seen: set[str]) -> list[str]:
     """The ids not in `seen`, which they join."""
     fresh = [tid for tid in dict.fromkeys(ids) if tid not in seen]
@@ -421,10 +435,24 @@ class RedisBackend(Backend):
         expire: Expire | None = None,
         stage: Stage | None = None,
     ) -> list[ThreadResult]:
-        program = _prune_program(
-            _layout(self.saver), thread_ids, policy, dry_run, now, explain, expire
-        )
-        return self._exec(program)
+        layout = _layout(self.saver)
+        if not isinstance(stage, RedisStage) or dry_run:
+            return self._exec(
+                _prune_program(layout, thread_ids, policy, dry_run, now, explain, expire)
+            )
+        results, jobs = self._exec(_plan_program(layout, thread_ids, policy, now, explain, expire))
+        whole, staged = _split(jobs)
+        self._exec(_delete_program(whole, dry_run=False))
+        stage.submit(staged)
+        return _unstaged(results, staged)
+
+    def open_stage(self) -> RedisStage:
+        client = _check_client(self.saver)
+        return RedisStage(lambda program: _run(client, program))
+
+    def flush_stage(self, stage: Stage, halt: Halt) -> list[ThreadResult]:
+        assert isinstance(stage, RedisStage)
+        return stage.flush(halt)
 
     def thread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
         return self._exec(_spans_program(_layout(self.saver), thread_ids))
@@ -470,10 +498,29 @@ class AsyncRedisBackend(Backend):
         expire: Expire | None = None,
         stage: Stage | None = None,
     ) -> list[ThreadResult]:
-        program = _prune_program(
-            _layout(self.saver), thread_ids, policy, dry_run, now, explain, expire
-        )
-        return await self._aexec(program)
+        layout = _layout(self.saver)
+        if not isinstance(stage, AsyncRedisStage) or dry_run:
+            return await self._aexec(
+                _prune_program(layout, thread_ids, policy, dry_run, now, explain, expire)
+            )
+        plan = _plan_program(layout, thread_ids, policy, now, explain, expire)
+        results, jobs = await self._aexec(plan)
+        whole, staged = _split(jobs)
+        await self._aexec(_delete_program(whole, dry_run=False))
+        await stage.submit(staged)
+        return _unstaged(results, staged)
+
+    def open_stage(self) -> AsyncRedisStage:
+        client = _check_client(self.saver)
+
+        async def arun(program: Program[None]) -> None:
+            await _arun(client, program)
+
+        return AsyncRedisStage(arun)
+
+    async def aflush_stage(self, stage: Stage, halt: Halt) -> list[ThreadResult]:
+        assert isinstance(stage, AsyncRedisStage)
+        return await stage.flush(halt)
 
     async def athread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
         return await self._aexec(_spans_program(_layout(self.saver), thread_ids))
