@@ -72,7 +72,7 @@ from .reads import (
     _Sizes,
     _spans_program,
 )
-from .schema import indexes_program, not_ready
+from .schema import indexes_program, no_indexes, not_ready
 from .scripts import _size_calls
 from .search import (
     KEYS_LOAD,
@@ -472,7 +472,9 @@ class RedisBackend(Backend):
 
     def check_store(self) -> None:
         layout = _layout(self.saver)
-        self._exec(indexes_program([layout.checkpoint_index, layout.write_index]))
+        missing = self._exec(indexes_program([layout.checkpoint_index, layout.write_index]))
+        if missing:
+            raise no_indexes(missing, _where(_check_client(self.saver)))
 
     def sweep_lock(self) -> RedisSweepLock:
         return _sweep_lock(self.saver)
@@ -544,7 +546,9 @@ class AsyncRedisBackend(Backend):
 
     async def acheck_store(self) -> None:
         layout = _layout(self.saver)
-        await self._aexec(indexes_program([layout.checkpoint_index, layout.write_index]))
+        missing = await self._aexec(indexes_program([layout.checkpoint_index, layout.write_index]))
+        if missing:
+            raise no_indexes(missing, _where(_check_client(self.saver)))
 
     async def asweep_lock(self) -> RedisSweepLock:
         return _sweep_lock(self.saver)
