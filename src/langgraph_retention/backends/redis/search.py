@@ -17,8 +17,9 @@ CURSOR_PAGE = 1_000
 #: first reply, so a query's cost follows its threads' documents (~60 each here).
 THREADS_PER_QUERY = 10
 #: Threads per FT.SEARCH ... NOCONTENT: ids come from the index without loading a
-#: document (~2 us each here against ~4-7 us for an aggregation's row), ~60 per thread.
-THREADS_PER_SEARCH = 25
+#: document (~2-3.5 us each here against ~4-7 us for an aggregation's row), ~60 per
+#: thread: ~2 ms a query, far from 50 ms even when the server is slowed down.
+THREADS_PER_SEARCH = 10
 #: Keys per FT.SEARCH reply; the threads of a query matching more are read by the
 #: cursor-paged aggregations instead (field by field), a page at a time.
 SEARCH_LIMIT = 5_000
