@@ -40,6 +40,12 @@ def _settled(ran: bool | BaseException, jobs: Sequence[_Job]) -> None:
             job.result.warnings.append(NOT_STARTED)
 
 
+def _forget_keys(jobs: Sequence[_Job]) -> None:
+    """Drop a batch's keys once its deletes ran: until the flush only results are kept."""
+    for job in jobs:
+        job.writes, job.checkpoints, job.sizes = [], [], None
+
+
 class _Staged(Stage):
     """What both kinds of stage share: the staged results, when to flush, the stop."""
 
@@ -82,7 +88,10 @@ class RedisStage(_Staged):
     def _deletes(self, jobs: list[_Job]) -> bool:
         if self.stopped.is_set():
             return False
-        self._run(_delete_program(jobs, dry_run=False))
+        try:
+            self._run(_delete_program(jobs, dry_run=False))
+        finally:
+            _forget_keys(jobs)
         return True
 
     def flush(self, halt: Halt) -> list[ThreadResult]:
@@ -132,7 +141,10 @@ class AsyncRedisStage(_Staged):
             await asyncio.wait([before])
         if self.stopped.is_set():
             return False
-        await self._arun(_delete_program(jobs, dry_run=False))
+        try:
+            await self._arun(_delete_program(jobs, dry_run=False))
+        finally:
+            _forget_keys(jobs)
         return True
 
     async def flush(self, halt: Halt) -> list[ThreadResult]:
