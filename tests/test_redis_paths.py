@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.base import create_checkpoint
 from langgraph.checkpoint.redis import RedisSaver
 
 from langgraph_retention import RetentionPolicy, asweep, prune_thread, stats, sweep
@@ -135,6 +136,31 @@ def test_plain_threads_are_planned_from_their_keys_alone(
     report = sweep(redis_saver, RetentionPolicy(keep_last=2))
 
     assert report.ok and report.threads_pruned == 3 and detailed == []
+
+
+def test_tags_are_found_in_the_metadata_pass_and_for_ids_no_tag_query_matches(
+    redis_saver: RedisSaver,
+) -> None:
+    # "p" is looked at in the overview's one pass over the metadata (DeltaChannel marks
+    # and the tag together); " " (only whitespace) needs the separate field-by-field reads.
+    graph = build_agent(redis_saver)
+    pinned: dict[str, str] = {}
+    for tid in ("p", " "):
+        graph.invoke({"messages": [HumanMessage("one")]}, config(tid))
+        head = redis_saver.get_tuple(config(tid))
+        assert head is not None
+        checkpoint = create_checkpoint(head.checkpoint, None, 99)
+        redis_saver.put(head.config, checkpoint, {"source": "update", "step": 99, "pin": 1}, {})
+        pinned[tid] = checkpoint["id"]
+        graph.invoke({"messages": [HumanMessage("two")]}, config(tid))
+
+    report = sweep(redis_saver, RetentionPolicy(keep_last=1, keep_tagged="pin"), explain=True)
+
+    assert report.ok
+    for tid in ("p", " "):
+        kept = [d for d in report.decisions[tid] if d.kept]
+        assert [(d.checkpoint_id, d.reasons) for d in kept][1:] == [(pinned[tid], ("tagged pin",))]
+    assert {ts.checkpoints for ts in stats(redis_saver).threads.values()} == {2}
 
 
 # -- deletes: order and counts --------------------------------------------------------------

@@ -134,10 +134,11 @@ def _plan_program(
 ) -> Program[tuple[list[ThreadResult], list[_Job]]]:
     """Read the batch's index and decide each thread: every thread's result (deleted
     counts at zero) and the deletes of those with something to delete."""
-    threads = yield from _read_overview(layout, thread_ids)
+    overview = yield from _read_overview(layout, thread_ids, policy.keep_tagged)
+    threads = overview.threads
     yield from _read_details(layout, threads)
     names_by_thread, channels = yield from _read_stored_channels(threads)
-    tagged = yield from _read_marks(layout, threads, policy)
+    tagged = yield from _read_marks(layout, overview, policy)
 
     # Decide without the byte cap first; only a thread whose kept checkpoints are over it
     # is decided again with sizes. Withdrawing keeps a subset of what the first decision

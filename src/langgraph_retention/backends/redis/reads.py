@@ -72,16 +72,32 @@ from .search import (
 SENDS_MOVED_VERSION = 4
 
 
-def _read_overview(layout: _Layout, thread_ids: Sequence[str]) -> Program[dict[str, _Thread]]:
+@dataclass(slots=True)
+class _Overview:
+    """What the first read of a batch found: its threads, and for `keep_tagged` (a plain
+    key) the tagged checkpoints' keys among the threads in `tags_read`."""
+
+    threads: dict[str, _Thread]
+    tagged: set[str] = field(default_factory=set)
+    tags_read: set[str] = field(default_factory=set)
+
+
+def _read_overview(
+    layout: _Layout, thread_ids: Sequence[str], tag: str | None = None
+) -> Program[_Overview]:
     """Each thread's checkpoint and write keys from the indexes alone (FT.SEARCH ...
     NOCONTENT, no document loaded), and the threads that may involve a DeltaChannel or
     have pending sends (aggregations returning only those), in one round trip; threads
-    the keys cannot plan are marked for the field-by-field read."""
+    the keys cannot plan are marked for the field-by-field read. A plain `tag` key
+    (`keep_tagged`) is looked for in the same pass over the metadata."""
     ids = list(dict.fromkeys(thread_ids))
     taggable = [tid for tid in ids if _taggable(tid)]
     cp_cmds, cp_groups = _searches(layout.checkpoint_index, taggable)
     wr_cmds, wr_groups = _searches(layout.write_index, taggable)
-    flag_cmds = _aggregates(layout.checkpoint_index, taggable, MARKS_LOAD, MARKS_STEPS)
+    tag = tag if tag is not None and _PLAIN_KEY.fullmatch(tag) else None
+    marks = MARKS_STEPS if tag is None else _marks_and_tag_steps(tag)
+    flag_cmds = _aggregates(layout.checkpoint_index, taggable, MARKS_LOAD, marks)
+    n_marks = len(flag_cmds)
     flag_cmds += _aggregates(
         layout.write_index, taggable, ("@thread_id",), SENDS_STEPS,
         where=f"@channel:{{{_tag(TASKS)}}}",
@@ -90,7 +106,18 @@ def _read_overview(layout: _Layout, thread_ids: Sequence[str]) -> Program[dict[s
     cp_keys, odd = _attribute(layout.checkpoint_prefix, cp_groups, found[: len(cp_cmds)])
     wr_keys, writes_odd = _attribute(layout.write_prefix, wr_groups, found[len(cp_cmds) :])
     wanted = set(ids)
-    odd.update(tid for rows in flag_rows for r in rows if (tid := _thread_of(r, wanted)))
+    overview = _Overview({}, tags_read=set(taggable) if tag is not None else set())
+    for rows in flag_rows[n_marks:]:  # pending sends
+        odd.update(tid for r in rows if (tid := _thread_of(r, wanted)))
+    for rows in flag_rows[:n_marks]:
+        for row in rows:
+            if (tid := _thread_of(row, wanted)) is None:
+                continue
+            raw = row.get("metadata")
+            if not isinstance(raw, str) or DELTA_MARK in raw:
+                odd.add(tid)
+            if tag is not None and isinstance(raw, str) and _tagged(raw, tag):
+                overview.tagged.add(row["__key"])
     odd.update(set(ids) - set(taggable))  # no tag to search by
     threads: dict[str, _Thread] = {}
     for tid in ids:
@@ -106,7 +133,25 @@ def _read_overview(layout: _Layout, thread_ids: Sequence[str]) -> Program[dict[s
                 and _attach_writes(layout, thread, wr_keys.get(tid, []))
             )
             threads[tid] = thread
-    return threads
+    overview.threads = threads
+    return overview
+
+
+def _marks_and_tag_steps(tag: str) -> tuple[object, ...]:
+    """Checkpoints that may involve a DeltaChannel or whose metadata holds `tag`'s text,
+    one row each (JSON decides the tag)."""
+    return (
+        "FILTER",
+        f'!exists(@metadata) || contains(@metadata, "{DELTA_MARK}") '
+        f'|| contains(@metadata, "{tag}")',
+        "LOAD", 2, "@__key", "@thread_id",
+    )  # fmt: skip
+
+
+def _tagged(raw: str, tag: str) -> bool:
+    """Whether a checkpoint's metadata (JSON text) sets `tag`."""
+    meta = json.loads(raw) if raw else {}
+    return isinstance(meta, dict) and bool(meta.get(tag))
 
 
 def _attribute(
@@ -246,12 +291,12 @@ def _entries(
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def _read_marks(
-    layout: _Layout, threads: Mapping[str, _Thread], policy: RetentionPolicy
-) -> Program[set[str]]:
+def _read_marks(layout: _Layout, overview: _Overview, policy: RetentionPolicy) -> Program[set[str]]:
     """`keep_interrupted`: file interrupt writes under their checkpoints (threads read
     field by field have them already). `keep_tagged`: the keys of checkpoints whose
-    metadata sets the key (the server filters on the key's text; JSON decides)."""
+    metadata sets the key (the server filters on the key's text; JSON decides), for the
+    threads the overview did not look at already."""
+    threads = overview.threads
     ids = list(threads)
     commands: list[Command] = []
     if policy.keep_interrupted:
@@ -265,9 +310,10 @@ def _read_marks(
         )
     n_interrupt = len(commands)
     tag = policy.keep_tagged
-    if tag is not None:
+    unread = [tid for tid in ids if tid not in overview.tags_read]
+    if tag is not None and unread:
         steps = ("FILTER", f'contains(@metadata, "{tag}")') if _PLAIN_KEY.fullmatch(tag) else ()
-        commands += _aggregates(layout.checkpoint_index, ids, TAG_LOAD, steps)
+        commands += _aggregates(layout.checkpoint_index, unread, TAG_LOAD, steps)
     results = yield from _read_all(commands)
     wanted = set(ids)
     for rows in results[:n_interrupt]:
@@ -279,12 +325,16 @@ def _read_marks(
                         from_storage_safe_id(row.get("checkpoint_id") or ""),
                     )
                 )
-    tagged: set[str] = set()
+    tagged = set(overview.tagged)
     for rows in results[n_interrupt:]:
         for row in rows:
             raw = row.get("metadata")
-            meta = json.loads(raw) if isinstance(raw, str) and raw else {}
-            if _thread_of(row, wanted) is not None and isinstance(meta, dict) and meta.get(tag):
+            if (
+                tag is not None
+                and _thread_of(row, wanted) is not None
+                and isinstance(raw, str)
+                and _tagged(raw, tag)
+            ):
                 tagged.add(row["__key"])
     return tagged
 
