@@ -13,6 +13,12 @@ sweep, against 5 s of chatting before it. On the largest size also the CLI's `st
 --top 10` (time, peak RSS), on the floor's copy before the floor prunes it.
 
     python benchmarks/scale_redis.py [--sizes 200,2000] [--base 40] [--checkpoints 60]
+        [--search-config FORK_GC_RUN_INTERVAL=3600] [--skip-extras]
+
+`--search-config` sets RediSearch options (FT.CONFIG SET) on every contender's server
+before its store is built, alike for all; `--skip-extras` leaves out `ours+app` and
+`stats`. Each row also says how many times the server forked during the run (RediSearch's
+fork garbage collector; every fork stops the server for its duration) and the longest.
 """
 
 from __future__ import annotations
@@ -181,7 +187,13 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run_one(
-    name: str, base: dict[str, list[Record]], threads: int, keep: int, *, stats: bool = False
+    name: str,
+    base: dict[str, list[Record]],
+    threads: int,
+    keep: int,
+    *,
+    stats: bool = False,
+    search_config: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One contender on a fresh server with the size's data: seconds, RSS, SLOWLOG, PING.
 
@@ -191,8 +203,10 @@ def run_one(
     `stats --top 10` runs first. SLOWLOG leaves out the app's and the probe's commands."""
     out: dict[str, Any] = {"rss_mb": None, "idle": [], "busy": [], "stats": None}
     with fixtures.redis_stack_server() as url:
-        replicate(url, base, threads)
         client = redis.Redis.from_url(url, protocol=2, decode_responses=True)
+        for option, value in (search_config or {}).items():
+            client.execute_command("FT.CONFIG", "SET", option, value)
+        replicate(url, base, threads)
         client.config_set("slowlog-log-slower-than", SLOW_US)
         client.config_set("slowlog-max-len", 1024)
         if stats:
@@ -204,6 +218,7 @@ def run_one(
         if app:
             out["idle"] = put_latencies(url, 5.0)
         client.slowlog_reset()
+        forks_before = int(client.info("stats")["total_forks"])
         with Probe(_named(url, "probe")) as probe:
             start = time.perf_counter()
             if name.startswith("ours"):
@@ -224,6 +239,10 @@ def run_one(
                 out["seconds"] = time.perf_counter() - start
         slow = [e for e in client.slowlog_get(1024) if e.get("client_name") not in ("app", "probe")]
         worst = max(slow, key=lambda e: e["duration"], default=None)
+        server_stats = client.info("stats")
+        out["forks"] = int(server_stats["total_forks"]) - forks_before
+        out["fork_ms"] = int(server_stats["latest_fork_usec"]) / 1000 if out["forks"] else 0.0
+        out["used_gb"] = int(client.info("memory")["used_memory_peak"]) / 2**30
         out["left"] = bench.leftovers(redis.Redis.from_url(url, protocol=2))
         client.close()
     out.update(
@@ -242,8 +261,11 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=int, default=60)
     ap.add_argument("--keep", type=int, default=5)
     ap.add_argument("--upstream-max", type=int, default=200)
+    ap.add_argument("--search-config", default="", help="OPTION=VALUE,... for FT.CONFIG SET")
+    ap.add_argument("--skip-extras", action="store_true", help="no ours+app, no stats")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    search_config = dict(kv.split("=", 1) for kv in args.search_config.split(",") if kv)
 
     t0 = time.perf_counter()
     with fixtures.redis_stack_server() as url:
@@ -255,16 +277,21 @@ def main() -> None:
 
     header = (
         f"{'threads':>8} {'way':10} {'seconds':>8} {'x floor':>8} {'s/1k cp':>8} {'RSS MB':>7} "
-        f"{'slow>50ms':>9} {'max ms':>7} {'PING ms':>8} {'left':>7}  slowest"
+        f"{'slow>50ms':>9} {'max ms':>7} {'PING ms':>8} {'left':>7} {'forks':>5} "
+        f"{'fork ms':>7} {'peak GB':>7}  slowest"
     )
     rows, notes = [], []
     for threads in sizes:
         ways = ["floor", "ours"] + (["upstream"] if threads <= args.upstream_max else [])
-        ways.append("ours+app")
+        ways += [] if args.skip_extras else ["ours+app"]
+        last = threads == sizes[-1] and not args.skip_extras
         res = {
-            w: run_one(w, base, threads, args.keep, stats=w == "floor" and threads == sizes[-1])
+            w: run_one(
+                w, base, threads, args.keep,
+                stats=w == "floor" and last, search_config=search_config,
+            )
             for w in ways
-        }
+        }  # fmt: skip
         cps = threads * per_thread / 1000
         for w in ways:
             r = res[w]
@@ -272,9 +299,12 @@ def main() -> None:
                 f"{threads:8d} {w:10} {r['seconds']:8.2f} "
                 f"{r['seconds'] / res['floor']['seconds']:8.2f} {r['seconds'] / cps:8.3f} "
                 f"{r['rss_mb'] or 0:7d} {r['slow_count']:9d} {r['slow_max_ms']:7.1f} "
-                f"{r['ping_ms']:8.1f} {r['left'][0]:7d}  {r['slow_cmd']}"
+                f"{r['ping_ms']:8.1f} {r['left'][0]:7d} {r['forks']:5d} {r['fork_ms']:7.0f} "
+                f"{r['used_gb']:7.2f}  {r['slow_cmd']}"
             )
             print(rows[-1], flush=True)
+        if args.skip_extras:
+            continue
         idle, busy, ms = res["ours+app"]["idle"], res["ours+app"]["busy"], 1000
         notes.append(
             f"put latency at {threads} threads (ms): idle median {ms * statistics.median(idle):.1f}"

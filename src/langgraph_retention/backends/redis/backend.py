@@ -45,7 +45,8 @@ from langgraph_retention.policy import (
 )
 from langgraph_retention.report import ThreadResult, ThreadStats
 
-from ..base import Backend, Expire, Span, Stage, decide, gc_paused
+from ..base import Backend, Expire, Halt, Span, Stage, decide, gc_paused
+from .deletes import _delete_program, _Job, _job
 from .lock import RedisSweepLock, lock_key
 from .model import (
     Command,
@@ -71,7 +72,7 @@ from .reads import (
     _Sizes,
     _spans_program,
 )
-from .schema import indexes_program, not_ready
+from .schema import indexes_program, no_indexes, not_ready
 from .scripts import _size_calls
 from .search import (
     KEYS_LOAD,
@@ -82,6 +83,7 @@ from .search import (
     _read_all,
     _thread_of,
 )
+from .stage import AsyncRedisStage, RedisStage
 
 __all__ = ["AsyncRedisBackend", "RedisBackend", "RedisUnavailableError"]
 
@@ -117,10 +119,26 @@ def _prune_program(
     expire: Expire | None = None,
 ) -> Program[list[ThreadResult]]:
     """Read the batch's index, decide each thread, size and delete (unless dry run), report."""
-    threads = yield from _read_overview(layout, thread_ids)
+    results, jobs = yield from _plan_program(layout, thread_ids, policy, now, explain, expire)
+    yield from _delete_program(jobs, dry_run)
+    return results
+
+
+def _plan_program(
+    layout: _Layout,
+    thread_ids: Sequence[str],
+    policy: RetentionPolicy,
+    now: datetime,
+    explain: bool = False,
+    expire: Expire | None = None,
+) -> Program[tuple[list[ThreadResult], list[_Job]]]:
+    """Read the batch's index and decide each thread: every thread's result (deleted
+    counts at zero) and the deletes of those with something to delete."""
+    overview = yield from _read_overview(layout, thread_ids, policy.keep_tagged)
+    threads = overview.threads
     yield from _read_details(layout, threads)
     names_by_thread, channels = yield from _read_stored_channels(threads)
-    tagged = yield from _read_marks(layout, threads, policy)
+    tagged = yield from _read_marks(layout, overview, policy)
 
     # Decide without the byte cap first; only a thread whose kept checkpoints are over it
     # is decided again with sizes. Withdrawing keeps a subset of what the first decision
@@ -184,10 +202,7 @@ def _prune_program(
     writes = yield from _read_doomed_writes(layout, unknown)
 
     slots = {r.thread_id: r for r in results}
-    jobs: list[tuple[list[str], list[str]]] = []
-    job_results: list[ThreadResult] = []
-    job_guards: dict[int, list[str]] = {}
-    presized: dict[int, int] = {}  # job -> bytes its keys measured while planning
+    jobs: list[_Job] = []
     for tid, docs in doomed_by_thread.items():
         thread = threads[tid]
         if tid in unknown:
@@ -195,52 +210,13 @@ def _prune_program(
         else:
             write_keys = [k for d in docs for k in thread.writes.get((d.ns, d.cid), [])]
         result = slots[tid]
-        result.deleted_checkpoints = len(docs)
-        result.deleted_writes = len(write_keys)
-        keys = [k for d in docs for k in (d.key, layout.registry_key(d.key))] + write_keys
-        if tid in guards:
-            job_guards[len(jobs)] = guards[tid]
-        if sizes is not None and all(k in sizes.by_key for k in keys):
-            presized[len(jobs)] = sum(sizes.by_key[k] for k in keys)
-        jobs.append((keys, pointers[tid]))
-        job_results.append(result)
-    if not jobs:
-        return results
-    calls, owner = _size_calls(
-        jobs, not dry_run, job_guards, set(presized) if not dry_run else set()
-    )
-    replies = yield calls
-    first_refused: dict[int, bool] = {}  # job -> its first call found a guard broken
-    refused: set[int] = set()
-    for job, reply in zip(owner, replies[1:], strict=True):
-        size = int(reply or 0)
-        first_refused.setdefault(job, size < 0)
-        if size < 0:
-            refused.add(job)
-        else:
-            job_results[job].bytes_freed += size
-    for job, measured in presized.items():
-        if not dry_run and not first_refused.get(job):
-            job_results[job].bytes_freed += measured
-    for job in refused:
-        _written_since(job_results[job], untouched=first_refused[job])
-    return results
-
-
-def _written_since(result: ThreadResult, untouched: bool) -> None:
-    """An expired thread a run wrote to after the decision: the script refused it."""
-    if untouched:
-        result.kept_checkpoints += result.deleted_checkpoints  # every one it read stays
-        result.deleted_checkpoints = result.deleted_writes = result.bytes_freed = 0
-        result.expired, result.decisions = None, None
-        result.warnings.append(
-            f"thread {result.thread_id!r} was written to since it expired; it was left whole"
+        result.deleted_checkpoints = result.deleted_writes = 0  # counted as calls commit
+        checkpoints = [(layout.registry_key(d.key), d.key) for d in docs]
+        by_key = sizes.by_key if sizes is not None else None
+        jobs.append(
+            _job(result, write_keys, checkpoints, pointers[tid], guards.get(tid, []), by_key)
         )
-    else:
-        result.warnings.append(
-            f"thread {result.thread_id!r} was written to while it was being deleted; "
-            "its newest checkpoints stay"
-        )
+    return results, jobs
 
 
 def _stats_program(
@@ -276,7 +252,7 @@ def _stats_program(
                 keys[tid] += write_keys
     order = [tid for tid in thread_ids if tid in found]
     if order:
-        calls, owner = _size_calls([(keys[tid], []) for tid in order], delete=False)
+        calls, owner = _size_calls([keys[tid] for tid in order])
         replies = yield calls
         for job, size in zip(owner, replies[1:], strict=True):
             found[order[job]].bytes += int(size or 0)
@@ -421,6 +397,19 @@ async def _arun(client: Any, program: Program[R]) -> R:
         raise translated from exc
 
 
+def _split(jobs: list[_Job]) -> tuple[list[_Job], list[_Job]]:
+    """Jobs deleting whole expired threads (they go at once: their script re-checks the
+    newest checkpoint the decision saw) and the others (they may be staged)."""
+    whole = [j for j in jobs if j.result.expired is not None]
+    return whole, [j for j in jobs if j.result.expired is None]
+
+
+def _unstaged(results: list[ThreadResult], staged: list[_Job]) -> list[ThreadResult]:
+    """The batch's results but those of staged threads (the flush reports them)."""
+    ids = {job.result.thread_id for job in staged}
+    return [r for r in results if r.thread_id not in ids]
+
+
 def _unseen(ids: Sequence[str], seen: set[str]) -> list[str]:
     """The ids not in `seen`, which they join."""
     fresh = [tid for tid in dict.fromkeys(ids) if tid not in seen]
@@ -447,10 +436,24 @@ class RedisBackend(Backend):
         expire: Expire | None = None,
         stage: Stage | None = None,
     ) -> list[ThreadResult]:
-        program = _prune_program(
-            _layout(self.saver), thread_ids, policy, dry_run, now, explain, expire
-        )
-        return self._exec(program)
+        layout = _layout(self.saver)
+        if not isinstance(stage, RedisStage) or dry_run:
+            return self._exec(
+                _prune_program(layout, thread_ids, policy, dry_run, now, explain, expire)
+            )
+        results, jobs = self._exec(_plan_program(layout, thread_ids, policy, now, explain, expire))
+        whole, staged = _split(jobs)
+        self._exec(_delete_program(whole, dry_run=False))
+        stage.submit(staged)
+        return _unstaged(results, staged)
+
+    def open_stage(self) -> RedisStage:
+        client = _check_client(self.saver)
+        return RedisStage(lambda program: _run(client, program))
+
+    def flush_stage(self, stage: Stage, halt: Halt) -> list[ThreadResult]:
+        assert isinstance(stage, RedisStage)
+        return stage.flush(halt)
 
     def thread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
         return self._exec(_spans_program(_layout(self.saver), thread_ids))
@@ -470,7 +473,9 @@ class RedisBackend(Backend):
 
     def check_store(self) -> None:
         layout = _layout(self.saver)
-        self._exec(indexes_program([layout.checkpoint_index, layout.write_index]))
+        missing = self._exec(indexes_program([layout.checkpoint_index, layout.write_index]))
+        if missing:
+            raise no_indexes(missing, _where(_check_client(self.saver)))
 
     def sweep_lock(self) -> RedisSweepLock:
         return _sweep_lock(self.saver)
@@ -496,10 +501,29 @@ class AsyncRedisBackend(Backend):
         expire: Expire | None = None,
         stage: Stage | None = None,
     ) -> list[ThreadResult]:
-        program = _prune_program(
-            _layout(self.saver), thread_ids, policy, dry_run, now, explain, expire
-        )
-        return await self._aexec(program)
+        layout = _layout(self.saver)
+        if not isinstance(stage, AsyncRedisStage) or dry_run:
+            return await self._aexec(
+                _prune_program(layout, thread_ids, policy, dry_run, now, explain, expire)
+            )
+        plan = _plan_program(layout, thread_ids, policy, now, explain, expire)
+        results, jobs = await self._aexec(plan)
+        whole, staged = _split(jobs)
+        await self._aexec(_delete_program(whole, dry_run=False))
+        await stage.submit(staged)
+        return _unstaged(results, staged)
+
+    def open_stage(self) -> AsyncRedisStage:
+        client = _check_client(self.saver)
+
+        async def arun(program: Program[None]) -> None:
+            await _arun(client, program)
+
+        return AsyncRedisStage(arun)
+
+    async def aflush_stage(self, stage: Stage, halt: Halt) -> list[ThreadResult]:
+        assert isinstance(stage, AsyncRedisStage)
+        return await stage.flush(halt)
 
     async def athread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
         return await self._aexec(_spans_program(_layout(self.saver), thread_ids))
@@ -523,7 +547,9 @@ class AsyncRedisBackend(Backend):
 
     async def acheck_store(self) -> None:
         layout = _layout(self.saver)
-        await self._aexec(indexes_program([layout.checkpoint_index, layout.write_index]))
+        missing = await self._aexec(indexes_program([layout.checkpoint_index, layout.write_index]))
+        if missing:
+            raise no_indexes(missing, _where(_check_client(self.saver)))
 
     async def asweep_lock(self) -> RedisSweepLock:
         return _sweep_lock(self.saver)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -109,6 +109,38 @@ def _parse_page(reply: Any) -> tuple[list[Row], int]:
             for row in payload[1:]
         ]
     return rows, int(cursor)
+
+
+def _parse_search(reply: Any) -> tuple[list[str], int]:
+    """The keys of an `FT.SEARCH ... NOCONTENT` reply and how many documents matched."""
+    if isinstance(reply, dict):  # RESP3
+        warnings = _get(reply, "warning") or []
+        if warnings:
+            raise RetentionError(
+                "RediSearch returned partial results "
+                f"({'; '.join(str(_decode(w)) for w in warnings)}); nothing was deleted"
+            )
+        results = _get(reply, "results") or []
+        return [_decode(_get(r, "id")) for r in results], int(_get(reply, "total_results"))
+    return [_decode(k) for k in reply[1:]], int(reply[0])
+
+
+def _owners(prefix: str, heads: Mapping[str, str], key: str, nested: bool = True) -> list[str]:
+    """The threads whose keys may begin like `key`: each `{prefix}:{stored id}:` that starts
+    it, for the stored ids in `heads` (stored id -> thread id). Ids may hold ':', so one
+    key can fit two (`a` and `a:b`): callers then read those threads field by field.
+    `nested=False` when no id in `heads` holds a ':' (only the first piece can fit)."""
+    start = len(prefix) + 1
+    if not key.startswith(prefix) or key[start - 1 : start] != ":":
+        return []
+    owners = []
+    end = key.find(":", start)
+    while end != -1:
+        tid = heads.get(key[start:end])
+        if tid is not None:
+            owners.append(tid)
+        end = key.find(":", end + 1) if nested else -1
+    return owners
 
 
 def _objkeys(reply: Any) -> set[str]:

@@ -10,6 +10,7 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from langgraph.checkpoint.redis.util import (
     from_storage_safe_id,
@@ -38,10 +39,11 @@ from .model import (
     _keys,
     _Layout,
     _objkeys,
+    _owners,
+    _parse_search,
     _Thread,
-    _version,
 )
-from .scripts import LUA_KEYS, SIZES_LUA
+from .scripts import LUA_KEYS, SIZES_LUA, _kinds
 from .search import (
     DELTA_MARK,
     DETAIL_LOAD,
@@ -50,15 +52,18 @@ from .search import (
     INTERRUPT_LOAD,
     KEYS_LOAD,
     KEYS_STEPS,
-    OVERVIEW_LOAD,
-    OVERVIEW_STEPS,
+    MARKS_LOAD,
+    MARKS_STEPS,
     SENDS_STEPS,
     SPANS_LOAD,
     SPANS_STEPS,
     TAG_LOAD,
     _aggregates,
     _read_all,
+    _read_with,
+    _searches,
     _tag,
+    _taggable,
     _thread_of,
 )
 
@@ -67,39 +72,111 @@ from .search import (
 SENDS_MOVED_VERSION = 4
 
 
-def _read_overview(layout: _Layout, thread_ids: Sequence[str]) -> Program[dict[str, _Thread]]:
-    """Each thread's checkpoints and writes from their keys (one round trip), and which
-    threads need the field-by-field read instead."""
-    cp_cmds = _aggregates(layout.checkpoint_index, thread_ids, OVERVIEW_LOAD, OVERVIEW_STEPS)
-    wr_cmds = _aggregates(layout.write_index, thread_ids, KEYS_LOAD, KEYS_STEPS)
-    sends_cmds = _aggregates(
-        layout.write_index, thread_ids, ("@thread_id",), SENDS_STEPS,
+@dataclass(slots=True)
+class _Overview:
+    """What the first read of a batch found: its threads, and for `keep_tagged` (a plain
+    key) the tagged checkpoints' keys among the threads in `tags_read`."""
+
+    threads: dict[str, _Thread]
+    tagged: set[str] = field(default_factory=set)
+    tags_read: set[str] = field(default_factory=set)
+
+
+def _read_overview(
+    layout: _Layout, thread_ids: Sequence[str], tag: str | None = None
+) -> Program[_Overview]:
+    """Each thread's checkpoint and write keys from the indexes alone (FT.SEARCH ...
+    NOCONTENT, no document loaded), and the threads that may involve a DeltaChannel or
+    have pending sends (aggregations returning only those), in one round trip; threads
+    the keys cannot plan are marked for the field-by-field read. A plain `tag` key
+    (`keep_tagged`) is looked for in the same pass over the metadata."""
+    ids = list(dict.fromkeys(thread_ids))
+    taggable = [tid for tid in ids if _taggable(tid)]
+    cp_cmds, cp_groups = _searches(layout.checkpoint_index, taggable)
+    wr_cmds, wr_groups = _searches(layout.write_index, taggable)
+    tag = tag if tag is not None and _PLAIN_KEY.fullmatch(tag) else None
+    marks = MARKS_STEPS if tag is None else _marks_and_tag_steps(tag)
+    flag_cmds = _aggregates(layout.checkpoint_index, taggable, MARKS_LOAD, marks)
+    n_marks = len(flag_cmds)
+    flag_cmds += _aggregates(
+        layout.write_index, taggable, ("@thread_id",), SENDS_STEPS,
         where=f"@channel:{{{_tag(TASKS)}}}",
     )  # fmt: skip
-    results = yield from _read_all(cp_cmds + wr_cmds + sends_cmds)
-    cp_rows, results = results[: len(cp_cmds)], results[len(cp_cmds) :]
-    wr_rows, sends_rows = results[: len(wr_cmds)], results[len(wr_cmds) :]
-    wanted = set(thread_ids)
-    with_sends = {_thread_of(r, wanted) for rows in sends_rows for r in rows}
-    threads: dict[str, _Thread] = {}
-    for rows in cp_rows:
+    found, flag_rows = yield from _read_with(cp_cmds + wr_cmds, flag_cmds)
+    cp_keys, odd = _attribute(layout.checkpoint_prefix, cp_groups, found[: len(cp_cmds)])
+    wr_keys, writes_odd = _attribute(layout.write_prefix, wr_groups, found[len(cp_cmds) :])
+    wanted = set(ids)
+    overview = _Overview({}, tags_read=set(taggable) if tag is not None else set())
+    for rows in flag_rows[n_marks:]:  # pending sends
+        odd.update(tid for r in rows if (tid := _thread_of(r, wanted)))
+    for rows in flag_rows[:n_marks]:
         for row in rows:
-            tid = _thread_of(row, wanted)
-            if tid is None:
+            if (tid := _thread_of(row, wanted)) is None:
                 continue
-            thread = _Thread(stored_id=row["thread_id"])
-            docs = _docs_from_keys(layout, thread.stored_id, _keys(row))
-            thread.detailed = docs is None or tid in with_sends or _version(row.get("delta")) != 0
-            thread.docs = docs or []
-            thread.writes_known = not thread.detailed
+            raw = row.get("metadata")
+            if not isinstance(raw, str) or DELTA_MARK in raw:
+                odd.add(tid)
+            if tag is not None and isinstance(raw, str) and _tagged(raw, tag):
+                overview.tagged.add(row["__key"])
+    odd.update(set(ids) - set(taggable))  # no tag to search by
+    threads: dict[str, _Thread] = {}
+    for tid in ids:
+        stored = to_storage_safe_id(tid)
+        if tid in odd:
+            threads[tid] = _Thread(stored_id=stored, detailed=True)
+        elif tid in cp_keys:
+            docs = _docs_from_keys(layout, stored, cp_keys[tid])
+            thread = _Thread(stored_id=stored, docs=docs or [], detailed=docs is None)
+            thread.writes_known = (
+                not thread.detailed
+                and tid not in writes_odd
+                and _attach_writes(layout, thread, wr_keys.get(tid, []))
+            )
             threads[tid] = thread
-    for rows in wr_rows:
-        for row in rows:
-            owner = _thread_of(row, wanted)
-            fast = threads.get(owner) if owner is not None else None
-            if fast is not None and fast.writes_known:
-                fast.writes_known = _attach_writes(layout, fast, _keys(row))
-    return threads
+    overview.threads = threads
+    return overview
+
+
+def _marks_and_tag_steps(tag: str) -> tuple[object, ...]:
+    """Checkpoints that may involve a DeltaChannel or whose metadata holds `tag`'s text,
+    one row each (JSON decides the tag)."""
+    return (
+        "FILTER",
+        f'!exists(@metadata) || contains(@metadata, "{DELTA_MARK}") '
+        f'|| contains(@metadata, "{tag}")',
+        "LOAD", 2, "@__key", "@thread_id",
+    )  # fmt: skip
+
+
+def _tagged(raw: str, tag: str) -> bool:
+    """Whether a checkpoint's metadata (JSON text) sets `tag`."""
+    meta = json.loads(raw) if raw else {}
+    return isinstance(meta, dict) and bool(meta.get(tag))
+
+
+def _attribute(
+    prefix: str, groups: Sequence[Sequence[str]], replies: Sequence[Any]
+) -> tuple[dict[str, list[str]], set[str]]:
+    """Keys of FT.SEARCH replies per thread of the query's group, told apart by their
+    `{prefix}:{stored id}:` (tag matches are a superset: other threads' keys fit none, or
+    fail the key split later). Threads a key fits together, or whose query matched more
+    than a reply holds, come back as odd: they are read field by field."""
+    by_thread: dict[str, list[str]] = defaultdict(list)
+    odd: set[str] = set()
+    for group, reply in zip(groups, replies, strict=True):
+        keys, total = _parse_search(reply)
+        if total > len(keys):
+            odd.update(group)
+            continue
+        heads = {to_storage_safe_id(tid): tid for tid in group}
+        nested = any(":" in stored for stored in heads)
+        for key in keys:
+            owners = _owners(prefix, heads, key, nested)
+            if len(owners) == 1:
+                by_thread[owners[0]].append(key)
+            else:
+                odd.update(owners)
+    return by_thread, odd
 
 
 def _read_details(layout: _Layout, threads: dict[str, _Thread]) -> Program[None]:
@@ -214,12 +291,12 @@ def _entries(
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def _read_marks(
-    layout: _Layout, threads: Mapping[str, _Thread], policy: RetentionPolicy
-) -> Program[set[str]]:
+def _read_marks(layout: _Layout, overview: _Overview, policy: RetentionPolicy) -> Program[set[str]]:
     """`keep_interrupted`: file interrupt writes under their checkpoints (threads read
     field by field have them already). `keep_tagged`: the keys of checkpoints whose
-    metadata sets the key (the server filters on the key's text; JSON decides)."""
+    metadata sets the key (the server filters on the key's text; JSON decides), for the
+    threads the overview did not look at already."""
+    threads = overview.threads
     ids = list(threads)
     commands: list[Command] = []
     if policy.keep_interrupted:
@@ -233,9 +310,10 @@ def _read_marks(
         )
     n_interrupt = len(commands)
     tag = policy.keep_tagged
-    if tag is not None:
+    unread = [tid for tid in ids if tid not in overview.tags_read]
+    if tag is not None and unread:
         steps = ("FILTER", f'contains(@metadata, "{tag}")') if _PLAIN_KEY.fullmatch(tag) else ()
-        commands += _aggregates(layout.checkpoint_index, ids, TAG_LOAD, steps)
+        commands += _aggregates(layout.checkpoint_index, unread, TAG_LOAD, steps)
     results = yield from _read_all(commands)
     wanted = set(ids)
     for rows in results[:n_interrupt]:
@@ -247,12 +325,16 @@ def _read_marks(
                         from_storage_safe_id(row.get("checkpoint_id") or ""),
                     )
                 )
-    tagged: set[str] = set()
+    tagged = set(overview.tagged)
     for rows in results[n_interrupt:]:
         for row in rows:
             raw = row.get("metadata")
-            meta = json.loads(raw) if isinstance(raw, str) and raw else {}
-            if _thread_of(row, wanted) is not None and isinstance(meta, dict) and meta.get(tag):
+            if (
+                tag is not None
+                and _thread_of(row, wanted) is not None
+                and isinstance(raw, str)
+                and _tagged(raw, tag)
+            ):
                 tagged.add(row["__key"])
     return tagged
 
@@ -280,7 +362,7 @@ def _read_sizes(layout: _Layout, docs: Sequence[tuple[_Thread, Sequence[_Doc]]])
     sizes = _Sizes()
     if keys:
         chunks = [keys[i : i + LUA_KEYS] for i in range(0, len(keys), LUA_KEYS)]
-        replies = yield [("EVAL", SIZES_LUA, len(chunk), *chunk) for chunk in chunks]
+        replies = yield [("EVAL", SIZES_LUA, len(chunk), *chunk, _kinds(chunk)) for chunk in chunks]
         measured = [size for reply in replies for size in reply]
         for owner, key, reply in zip(owners, keys, measured, strict=True):
             size = int(reply or 0)

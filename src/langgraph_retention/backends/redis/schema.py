@@ -10,15 +10,29 @@ from redis.exceptions import ResponseError
 
 from langgraph_retention.errors import StoreNotReadyError
 
-__all__ = ["indexes_program", "not_ready"]
+__all__ = ["indexes_program", "no_indexes", "not_ready"]
 
 _NO_INDEX = re.compile(r"no such index|unknown index", re.I)
 _NO_MODULE = re.compile(r"unknown command", re.I)
 
 
-def indexes_program(indexes: Sequence[str]) -> Generator[list[tuple[Any, ...]], list[Any], None]:
-    """`FT.INFO` of each index the saver searches: an error reply if one is missing."""
-    yield [("FT.INFO", name) for name in indexes]
+def indexes_program(
+    indexes: Sequence[str],
+) -> Generator[list[tuple[Any, ...]], list[Any], list[str]]:
+    """The indexes the saver searches that the server lacks, from `FT._LIST` (the names
+    alone; `FT.INFO` walks an index's statistics: 110 ms on 600,000 documents)."""
+    (names,) = yield [("FT._LIST",)]
+    present = {n.decode() if isinstance(n, bytes) else str(n) for n in names or []}
+    return [name for name in indexes if name not in present]
+
+
+def no_indexes(missing: Sequence[str], where: str) -> StoreNotReadyError:
+    """The error for a server without the saver's search indexes."""
+    return StoreNotReadyError(
+        f"Redis at {where} has no LangGraph checkpoint indexes (missing: {', '.join(missing)}); "
+        "check the URL, or run your app's saver.setup() first: langgraph-retention never "
+        "creates indexes"
+    )
 
 
 def not_ready(exc: Exception, where: str) -> StoreNotReadyError | None:
