@@ -629,6 +629,8 @@ def sweep(
             _record_batch(report, _flush(backend, stage, halt), progress)
         report.stopped = halt.reason
     except Exception:
+        if stage is not None:
+            stage.clear()  # the sweep failed: staged deletes not yet run stay undone
         report.elapsed_seconds = time.perf_counter() - start
         if not dry_run:
             metrics.record_sweep(report, "failed")
@@ -697,6 +699,8 @@ async def asweep(
             _record_batch(report, await _aflush(backend, stage, halt), progress)
         report.stopped = halt.reason
     except Exception:
+        if stage is not None:
+            stage.clear()  # the sweep failed: staged deletes not yet run stay undone
         report.elapsed_seconds = time.perf_counter() - start
         if not dry_run:
             metrics.record_sweep(report, "failed")
