@@ -94,13 +94,14 @@ import collections, json, sys, time
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph_retention import RetentionPolicy, sweep
 import langgraph_retention.backends.postgres.backend as backend
+import langgraph_retention.backends.postgres.capped as capped
 import langgraph_retention.backends.postgres.stage as stage
 import langgraph_retention.backends.postgres.staging as staging
 import langgraph_retention.backends.postgres.statements as statements
 
 names = {
     v: k
-    for module in (statements, staging, stage)
+    for module in (statements, staging, stage, capped)
     for k, v in vars(module).items()
     if k.endswith("_SQL") and isinstance(v, str)
 }
@@ -115,9 +116,15 @@ def timed_execute(self, query, params=None, **kw):
         spent[names.get(query, "other")] += time.perf_counter() - t
 
 backend.Cursor.execute = timed_execute
+# argv[3]: how to sweep: "auto" (the store's own choice and batch size), "N" (own choice,
+# batch N), "staged:N" or "batched:N" (staging forced on or off; N may be "auto").
+mode, _, size = sys.argv[3].rpartition(":") if ":" in sys.argv[3] else ("", "", sys.argv[3])
+if mode:
+    stage.STAGE_ABOVE_BUFFERS = -1 if mode == "staged" else 10**12
 with PostgresSaver.from_conn_string(sys.argv[1]) as saver:
     t = time.perf_counter()
-    report = sweep(saver, RetentionPolicy(keep_last=int(sys.argv[2])), batch_size=int(sys.argv[3]))
+    batch_size = None if size == "auto" else int(size)
+    report = sweep(saver, RetentionPolicy(keep_last=int(sys.argv[2])), batch_size=batch_size)
     elapsed = time.perf_counter() - t
 assert report.ok, report.errors
 print(json.dumps({"seconds": elapsed, "rss_kib": peak_rss_kib(),
@@ -195,8 +202,8 @@ def child(code: str, *args: str) -> dict[str, Any]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def ours(url: str, keep: int, batch_size: int) -> dict[str, Any]:
-    return child(CHILD_SWEEP, url, str(keep), str(batch_size))
+def ours(url: str, keep: int, how: str) -> dict[str, Any]:
+    return child(CHILD_SWEEP, url, str(keep), how)
 
 
 # The server's WAL position and checkpoints so far: a contender's WAL bytes and the
@@ -255,12 +262,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("url", nargs="?", help="postgresql:// URL (default: local or throwaway)")
     ap.add_argument("--sizes", default="200,2000,20000")
-    ap.add_argument("--batch-sizes", default="100", help="ours at each of these batch sizes")
+    ap.add_argument(
+        "--batch-sizes",
+        default="auto",
+        help="ours each of these ways: auto (the store's choice), N (batch N), "
+        "staged:N / batched:N (staging forced on / off; N may be auto)",
+    )
     ap.add_argument("--upstream-sizes", default=None, help="default: the smallest size")
     ap.add_argument("--seed-threads", type=int, default=200)
     ap.add_argument("--checkpoints", type=int, default=60)
     ap.add_argument("--keep", type=int, default=5)
-    ap.add_argument("--latency-batch", type=int, default=None, help="default: the first")
+    ap.add_argument("--latency-batch", default=None, help="default: the first way")
     ap.add_argument(
         "--rebuild-indexes", action="store_true", help="faster restores, compact indexes"
     )
@@ -268,7 +280,7 @@ def main() -> None:
         "--skip-extras", action="store_true", help="no put latency, no stats, no summary"
     )
     args = ap.parse_args()
-    sizes, batches = ints(args.sizes), ints(args.batch_sizes)
+    sizes, batches = ints(args.sizes), args.batch_sizes.split(",")
     upstream_sizes = ints(args.upstream_sizes) if args.upstream_sizes is not None else sizes[:1]
     latency_batch = args.latency_batch or batches[0]
 
@@ -326,13 +338,13 @@ def main() -> None:
     print(f"\nPostgreSQL at scale, scattered layout, ~{args.checkpoints} checkpoints/thread,")
     print(f"keep {args.keep}; ours in a fresh process (peak RSS is the sweep's own)")
     print(
-        f"{'threads':>8} {'checkpoints':>12} {'floor s':>8} {'batch':>6} {'ours s':>8} "
+        f"{'threads':>8} {'checkpoints':>12} {'floor s':>8} {'way':>12} {'ours s':>8} "
         f"{'x floor':>8} {'ms/1k cp':>9} {'RSS MB':>7} {'upstream s':>11}"
     )
     for size, total, floor_s, mine, up_s in rows:
         for batch, m in mine.items():
             print(
-                f"{size:8d} {total:12d} {floor_s:8.2f} {batch:6d} {m['seconds']:8.2f} "
+                f"{size:8d} {total:12d} {floor_s:8.2f} {batch:>12} {m['seconds']:8.2f} "
                 f"{m['seconds'] / floor_s:8.2f} {1e6 * m['seconds'] / total:9.1f} "
                 f"{m['rss_kib'] / 1024:7.0f} {'' if up_s is None else f'{up_s:.2f}':>11}"
             )

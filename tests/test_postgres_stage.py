@@ -468,7 +468,7 @@ def test_a_store_within_the_buffer_cache_is_swept_batch_by_batch(
     postgres_saver: PostgresSaver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     agents(postgres_saver, ["a", "b"])
-    monkeypatch.setattr(pg_stage, "STAGE_ABOVE_BUFFERS", 8)  # the default: 1 GB of 128 MB
+    monkeypatch.setattr(pg_stage, "STAGE_ABOVE_BUFFERS", 16)  # the default: 2 GB of 128 MB
 
     assert PostgresBackend(postgres_saver).open_stage() is None
     report = sweep(postgres_saver, KEEP_ONE)
@@ -493,5 +493,5 @@ async def test_an_async_saver_chooses_the_same_way(
     async with AsyncPostgresSaver.from_conn_string(postgres_url) as saver:
         backend = AsyncPostgresBackend(saver)
         assert isinstance(await backend.aopen_stage(), PostgresStage)
-        monkeypatch.setattr(pg_stage, "STAGE_ABOVE_BUFFERS", 8)
+        monkeypatch.setattr(pg_stage, "STAGE_ABOVE_BUFFERS", 16)
         assert await backend.aopen_stage() is None

@@ -69,13 +69,14 @@ THREAD_BYTES = 400
 
 #: A sweep stages its deletes when the saver's tables (heap and TOAST) are bigger than
 #: this many times the server's `shared_buffers`. Batch by batch, a page holding rows of
-#: several threads is dirtied once per batch with a row on it; while the store fits in the
-#: buffer cache those revisits are hits, and staging's second read of each table costs more
-#: than it saves (2,000 scattered threads, 440 MB, 128 MB of buffers: 1.23x the floor batch
-#: by batch, 1.51x staged). Far beyond the cache, every revisit is a page read, a write-back
-#: and, after each server checkpoint, a full-page image in the WAL (20,000 threads, 4.4 GB:
-#: 1.2-1.4x batch by batch, 0.8-1.0x staged). README, "At scale: PostgreSQL".
-STAGE_ABOVE_BUFFERS = 8
+#: several threads is dirtied once per batch with a row on it; while most of the store
+#: stays in the buffer cache those revisits are cheap, and staging's second read of each
+#: table costs more than it saves. Far beyond the cache, every revisit is a page read, a
+#: write-back and, after each server checkpoint, a full-page image in the WAL. Measured
+#: with 128 MB of buffers (README, "At scale: PostgreSQL"): 2,000 scattered threads (441
+#: MB) 1.58x the floor batch by batch, 1.63x staged; 6,000 (1.3 GB) 1.31x and 1.47x;
+#: 20,000 (4.4 GB) 1.2-1.4x and 0.8-1.0x.
+STAGE_ABOVE_BUFFERS = 16
 
 # The saver's tables' size and the server's buffer cache, both in bytes (a table the saver
 # has not created counts as empty; `check_store` says so elsewhere).
