@@ -203,6 +203,7 @@ def median_p99(xs: list[float]) -> str:
 def query_plans(path: Path) -> None:
     """`EXPLAIN QUERY PLAN` of every statement ours runs, on this store."""
     from langgraph_retention.backends.sqlite import backend as b
+    from langgraph_retention.backends.sqlite import prune as p
 
     conn = sqlite3.connect(str(path))
     tid = conn.execute("SELECT thread_id FROM checkpoints LIMIT 1").fetchone()[0]
@@ -219,11 +220,11 @@ def query_plans(path: Path) -> None:
     statements: dict[str, tuple[str, Any]] = {
         "FIRST_THREAD_PAGE_SQL": (b.FIRST_THREAD_PAGE_SQL, (100,)),
         "NEXT_THREAD_PAGE_SQL": (b.NEXT_THREAD_PAGE_SQL, (tid, 100)),
-        "INDEX_SQL": (b.INDEX_SQL, {"threads": ids, "tag_path": None, "tag_text": None}),
-        "SPECIAL_WRITES_SQL": (b.SPECIAL_WRITES_SQL, (ids,)),
-        "DOOMED_WRITES_SQL": (b.DOOMED_WRITES_SQL, (keys,)),
-        "DELETE_WRITES_SQL": (b.DELETE_WRITES_SQL, (rowids,)),
-        "DELETE_CHECKPOINTS_SQL": (b.DELETE_CHECKPOINTS_SQL, (rowids,)),
+        "INDEX_SQL": (p.INDEX_SQL, {"threads": ids, "tag_path": None, "tag_text": None}),
+        "SPECIAL_WRITES_SQL": (p.SPECIAL_WRITES_SQL, (ids,)),
+        "DOOMED_WRITES_SQL": (p.DOOMED_WRITES_SQL, (keys,)),
+        "DELETE_WRITES_SQL": (p.DELETE_WRITES_SQL, (rowids,)),
+        "DELETE_CHECKPOINTS_SQL": (p.DELETE_CHECKPOINTS_SQL, (rowids,)),
         "CHECKPOINT_STATS_SQL": (b.CHECKPOINT_STATS_SQL, (ids,)),
         "WRITE_STATS_SQL": (b.WRITE_STATS_SQL, (ids,)),
     }

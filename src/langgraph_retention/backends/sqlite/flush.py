@@ -1,0 +1,194 @@
+"""A staged sweep's deletes, in rowid order, in short write transactions.
+
+All staged writes go first, then the checkpoints, each table in ascending rowid ranges:
+on a store whose threads' rows are interleaved, every leaf page is rewritten about once
+per flush (batch by batch, each page was rewritten by every batch with a row on it).
+Stopped between two transactions, the flush leaves no writes without their checkpoint.
+
+Each transaction reads its rows back first and deletes only those whose guard still
+matches (a rowid freed and taken by a new row since the plan is not ours), counting what
+it deletes per thread. Writes inserted after a plan for a checkpoint it dooms (a run
+replaying an old checkpoint) are found above `SqliteStage.late_floor` and deleted with
+their checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from langgraph_retention.report import ThreadResult
+
+from .prune import DELETE_CHECKPOINTS_SQL, DELETE_WRITES_SQL, TOP_WRITE_ROWID_SQL, Program, guard
+from .stage import SqliteStage
+
+__all__ = ["CHECKPOINTS_PER_TRANSACTION", "WRITES_PER_TRANSACTION", "StagedFlush"]
+
+#: Rows per flush transaction. An app's write waits for at most one such transaction;
+#: a checkpoint row costs more (its body's overflow pages are freed, and zeroed where
+#: SQLite is built with secure delete).
+WRITES_PER_TRANSACTION = 4000
+CHECKPOINTS_PER_TRANSACTION = 2000
+
+WRITE_ROWS_SQL = """
+SELECT rowid, thread_id, checkpoint_ns, checkpoint_id, coalesce(length(value), 0)
+FROM writes
+WHERE rowid IN (SELECT value FROM json_each(?))
+"""
+
+CHECKPOINT_ROWS_SQL = """
+SELECT rowid, thread_id, checkpoint_ns, checkpoint_id,
+       coalesce(length(checkpoint), 0) + coalesce(length(metadata), 0)
+FROM checkpoints
+WHERE rowid IN (SELECT value FROM json_each(?))
+"""
+
+# Writes inserted since the last look (rowid above the floor), with the rowid of the
+# checkpoint each belongs to, if that checkpoint exists.
+LATE_WRITES_SQL = """
+SELECT w.rowid, w.thread_id, w.checkpoint_ns, w.checkpoint_id, c.rowid
+FROM writes AS w
+LEFT JOIN checkpoints AS c
+  ON c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns
+ AND c.checkpoint_id = w.checkpoint_id
+WHERE w.rowid > ?
+"""
+
+#: Late writes waiting for their checkpoint's transaction: checkpoint rowid -> [(write
+#: rowid, guard)].
+Pending = dict[int, list[tuple[int, int]]]
+
+
+@dataclass(slots=True)
+class Deleted:
+    """What one flush transaction deleted, applied to the results once it committed."""
+
+    #: thread id -> [checkpoints, writes, bytes]
+    counts: dict[str, list[int]] = field(default_factory=dict)
+    #: The late floor after this transaction (see `SqliteStage.late_floor`).
+    late_floor: int = 0
+    #: Late writes still waiting (checkpoint transactions only).
+    pending: Pending | None = None
+
+    def add(self, thread_id: str, checkpoints: int, writes: int, size: int) -> None:
+        c = self.counts.setdefault(thread_id, [0, 0, 0])
+        c[0] += checkpoints
+        c[1] += writes
+        c[2] += size
+
+
+def _matching(
+    rows: list[tuple[int, str, str, str, int]],
+    expected: dict[int, int],
+    stage: SqliteStage,
+) -> Iterator[tuple[int, str, int]]:
+    """(rowid, thread, bytes) of the rows read back that are still the staged ones."""
+    for rowid, tid, ns, cid, size in rows:
+        if expected.get(rowid) == guard(tid, ns, cid) and tid in stage.results:
+            yield rowid, tid, size
+
+
+def writes_program(rowids: list[int], guards: list[int], stage: SqliteStage) -> Program[Deleted]:
+    """Delete one chunk of staged writes that still match."""
+    out = Deleted()
+    rows = yield WRITE_ROWS_SQL, (json.dumps(rowids),)
+    doomed = []
+    for rowid, tid, size in _matching(rows, dict(zip(rowids, guards, strict=True)), stage):
+        doomed.append(rowid)
+        out.add(tid, 0, 1, size)
+    if doomed:
+        yield DELETE_WRITES_SQL, (json.dumps(doomed),)
+    ((top,),) = yield TOP_WRITE_ROWID_SQL, ()
+    floor = stage.late_floor
+    out.late_floor = int(top) if floor is None else min(floor, int(top))
+    return out
+
+
+def checkpoints_program(
+    rowids: list[int], guards: list[int], stage: SqliteStage, pending: Pending, last: int
+) -> Program[Deleted]:
+    """Delete one chunk of staged checkpoints that still match, with their late writes.
+
+    Writes inserted above the late floor are read once each; those of a staged checkpoint
+    not yet reached wait in `pending` for its transaction (`last`: the highest staged
+    checkpoint rowid)."""
+    out = Deleted(pending={})
+    lo, hi = min(rowids), max(rowids)
+    waiting = {cp: list(ws) for cp, ws in pending.items()}
+    floor = stage.late_floor or 0
+    for w_rowid, tid, ns, cid, cp_rowid in (yield LATE_WRITES_SQL, (floor,)):
+        if cp_rowid is not None and lo <= cp_rowid <= last and tid in stage.results:
+            waiting.setdefault(cp_rowid, []).append((w_rowid, guard(tid, ns, cid)))
+    rows = yield CHECKPOINT_ROWS_SQL, (json.dumps(rowids),)
+    doomed = []
+    for rowid, tid, size in _matching(rows, dict(zip(rowids, guards, strict=True)), stage):
+        doomed.append(rowid)
+        out.add(tid, 1, 0, size)
+    late = {w: g for cp in doomed for w, g in waiting.pop(cp, ())}
+    if late:
+        late_rows = yield WRITE_ROWS_SQL, (json.dumps(sorted(late)),)
+        matched = []
+        for rowid, tid, size in _matching(late_rows, late, stage):
+            matched.append(rowid)
+            out.add(tid, 0, 1, size)
+        if matched:
+            yield DELETE_WRITES_SQL, (json.dumps(matched),)
+    if doomed:
+        yield DELETE_CHECKPOINTS_SQL, (json.dumps(doomed),)
+    ((top,),) = yield TOP_WRITE_ROWID_SQL, ()
+    out.late_floor = int(top)  # every write above the old floor was read just now
+    out.pending = {cp: ws for cp, ws in waiting.items() if cp > hi}
+    return out
+
+
+class StagedFlush:
+    """One flush of a `SqliteStage`: its transactions as programs, in rowid order, and
+    the results as they commit. The drivers run each program in a write transaction and
+    hand what it returns to `committed`."""
+
+    def __init__(self, stage: SqliteStage) -> None:
+        self.stage = stage
+        self.pending: Pending = {}
+
+    def transactions(self) -> Iterator[Program[Deleted]]:
+        """The flush's transactions, writes first; each is made once the one before it
+        committed (it reads the late floor that one left)."""
+        for rowids, guards in self.stage.writes.chunks(WRITES_PER_TRANSACTION):
+            yield writes_program(rowids, guards, self.stage)
+        last = self.stage.checkpoints.last()
+        for rowids, guards in self.stage.checkpoints.chunks(CHECKPOINTS_PER_TRANSACTION):
+            yield checkpoints_program(rowids, guards, self.stage, self.pending, last)
+
+    def committed(self, deleted: Deleted) -> None:
+        """Count a committed transaction's deletes into the staged threads' results."""
+        for tid, (checkpoints, writes, size) in deleted.counts.items():
+            result = self.stage.results[tid]
+            result.deleted_checkpoints += checkpoints
+            result.deleted_writes += writes
+            result.bytes_freed += size
+        self.stage.late_floor = deleted.late_floor
+        if deleted.pending is not None:
+            self.pending = deleted.pending
+
+    def finish(self, halted: bool) -> list[ThreadResult]:
+        """The staged threads' results (a warning on each that fell short of its plan);
+        the stage is cleared."""
+        for tid, result in self.stage.results.items():
+            planned = self.stage.planned.get(tid, 0)
+            done = result.deleted_checkpoints
+            if done >= planned:
+                continue
+            if halted:
+                result.warnings.append(
+                    f"sweep stopped after {done} of {planned} checkpoint deletes; "
+                    "the next sweep deletes the rest"
+                )
+            else:
+                result.warnings.append(
+                    f"{planned - done} checkpoint(s) changed after the plan and were kept; "
+                    "the next sweep decides again"
+                )
+        results = list(self.stage.results.values())
+        self.stage.clear()
+        return results

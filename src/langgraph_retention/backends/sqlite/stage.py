@@ -1,0 +1,130 @@
+"""A staged sweep's doomed rows on SQLite, held compactly until the flush deletes them in
+rowid order.
+
+Each staged row costs 12 bytes: its rowid (`array('q')`) and a 32-bit guard
+(`prune.guard`, `array('I')`). A batch's rows are kept as one sorted run per table; the
+flush cuts all runs into chunks of consecutive rowid ranges (bisecting each run), so it
+never builds one big sorted list.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+
+from langgraph_retention.report import ThreadResult
+
+from ..base import Stage
+from .prune import StagedBatch
+
+__all__ = ["MAX_STAGED_ROWS", "SqliteStage", "StagedRows"]
+
+#: Rows (checkpoints and writes) a stage holds before the sweep flushes it: ~12 MB of
+#: buffers. On a scattered store every flush rewrites most leaf pages of `writes` (13
+#: rows of 13 threads on each), so fewer flushes write fewer pages; this bound keeps a
+#: 20,000-thread sweep's memory flat (measured in the README, "At scale: SQLite").
+MAX_STAGED_ROWS = 1_000_000
+
+#: Samples per chunk when the flush chooses chunk boundaries.
+_SAMPLES_PER_CHUNK = 8
+
+#: One chunk of a flush: rowids (ascending ranges, unordered inside) and their guards.
+Chunk = tuple[list[int], list[int]]
+
+
+class StagedRows:
+    """One table's staged rows: a sorted run (rowids, guards) per staged batch."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[array[int], array[int]]] = []
+        self.count = 0
+
+    def add(self, rowids: Sequence[int], guards: Sequence[int]) -> None:
+        """Add a batch's rows (any order)."""
+        if not rowids:
+            return
+        order = sorted(range(len(rowids)), key=rowids.__getitem__)
+        self.runs.append(
+            (array("q", [rowids[i] for i in order]), array("I", [guards[i] for i in order]))
+        )
+        self.count += len(rowids)
+
+    def chunks(self, size: int) -> Iterator[Chunk]:
+        """Every row once, in chunks of about `size` rows covering ascending rowid ranges."""
+        positions = [0] * len(self.runs)
+        for hi in [*self._bounds(size), None]:
+            rowids: list[int] = []
+            guards: list[int] = []
+            for i, (run, run_guards) in enumerate(self.runs):
+                start = positions[i]
+                end = len(run) if hi is None else bisect_left(run, hi, start)
+                rowids.extend(run[start:end])
+                guards.extend(run_guards[start:end])
+                positions[i] = end
+            if rowids:
+                yield rowids, guards
+
+    def _bounds(self, size: int) -> list[int]:
+        """Rowids that split the rows into chunks of about `size`, from a sample of every
+        run (every `step`-th row)."""
+        step = max(1, size // _SAMPLES_PER_CHUNK)
+        sample = sorted(rowid for run, _ in self.runs for rowid in run[::step])
+        per_chunk = max(1, size // step)
+        return sample[per_chunk::per_chunk]
+
+    def last(self) -> int:
+        """The highest staged rowid (0 when empty)."""
+        return max((run[-1] for run, _ in self.runs), default=0)
+
+    def nbytes(self) -> int:
+        return sum(r.itemsize * len(r) + g.itemsize * len(g) for r, g in self.runs)
+
+
+class SqliteStage(Stage):
+    """Doomed checkpoints and writes of a sweep's batches, by rowid, for one flush."""
+
+    def __init__(self, max_rows: int = MAX_STAGED_ROWS) -> None:
+        super().__init__()
+        self.max_rows = max_rows
+        self.checkpoints = StagedRows()
+        self.writes = StagedRows()
+        #: Checkpoints each staged thread's plan deletes (a shortfall is reported).
+        self.planned: dict[str, int] = {}
+        #: Every write inserted after a staged batch's plan has a rowid above this: the
+        #: lowest of the plans' highest write rowids and of the highest left after each
+        #: of our deletes since (a row inserted after a delete of the top rows may get a
+        #: rowid the plan already saw). None before the first batch.
+        self.late_floor: int | None = None
+
+    def full(self) -> bool:
+        return self.checkpoints.count + self.writes.count >= self.max_rows
+
+    def add(self, batch: StagedBatch) -> None:
+        """Take a batch's doomed rows and its staged threads' results (only once the
+        batch's program succeeded: a failing batch leaves the stage as it was)."""
+        twice = [r.thread_id for r, _ in batch.staged if r.thread_id in self.results]
+        if twice:  # a sweep visits each thread once; a result per thread, counted once
+            raise ValueError(f"threads staged twice in one sweep: {twice[:5]}")
+        for result, planned in batch.staged:
+            self.results[result.thread_id] = result
+            self.planned[result.thread_id] = planned
+        self.checkpoints.add(batch.checkpoint_rowids, batch.checkpoint_guards)
+        self.writes.add(batch.write_rowids, batch.write_guards)
+        self.lower_late_floor(batch.top_write)
+
+    def lower_late_floor(self, top_write: int) -> None:
+        """Note the writes table's highest rowid seen by a plan or after one of our deletes."""
+        if self.late_floor is None or top_write < self.late_floor:
+            self.late_floor = top_write
+
+    def clear(self) -> None:
+        super().clear()
+        self.checkpoints = StagedRows()
+        self.writes = StagedRows()
+        self.planned = {}
+        self.late_floor = None
+
+    def owner(self, thread_id: str) -> ThreadResult | None:
+        """The staged result of `thread_id`, if it is staged here."""
+        return self.results.get(thread_id)
