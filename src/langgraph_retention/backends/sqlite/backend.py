@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -259,7 +260,9 @@ class SqliteBackend(Backend):
         for program in flush.transactions():
             if halt():
                 return flush.finish(halted=True)
-            flush.committed(self._exec(program, write=True))
+            start = time.perf_counter()
+            deleted = self._exec(program, write=True)
+            flush.committed(deleted, time.perf_counter() - start)
         return flush.finish(halted=False)
 
     def thread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:
@@ -340,7 +343,9 @@ class AsyncSqliteBackend(Backend):
         for program in flush.transactions():
             if await asyncio.to_thread(halt):
                 return flush.finish(halted=True)
-            flush.committed(await self._aexec(program, write=True))
+            start = time.perf_counter()
+            deleted = await self._aexec(program, write=True)
+            flush.committed(deleted, time.perf_counter() - start)
         return flush.finish(halted=False)
 
     async def athread_spans(self, thread_ids: Sequence[str]) -> dict[str, Span]:

@@ -23,13 +23,42 @@ from langgraph_retention.report import ThreadResult
 from .prune import DELETE_CHECKPOINTS_SQL, DELETE_WRITES_SQL, TOP_WRITE_ROWID_SQL, Program, guard
 from .stage import SqliteStage
 
-__all__ = ["CHECKPOINTS_PER_TRANSACTION", "WRITES_PER_TRANSACTION", "StagedFlush"]
+__all__ = ["TRANSACTION_SECONDS", "Pace", "StagedFlush"]
 
-#: Rows per flush transaction. An app's write waits for at most one such transaction;
-#: a checkpoint row costs more (its body's overflow pages are freed, and zeroed where
-#: SQLite is built with secure delete).
-WRITES_PER_TRANSACTION = 4000
-CHECKPOINTS_PER_TRANSACTION = 2000
+#: How long each flush transaction aims to take, its commit (and the WAL checkpoint the
+#: commit runs) included: an app's write waits for about one at most. Fewer, longer
+#: transactions cost less in all: each rewrites the primary-key index pages its rows'
+#: entries sit on (a rowid range holds rows of every thread), and its commit is
+#: checkpointed into the file separately.
+TRANSACTION_SECONDS = 0.2
+
+#: Rows in the first transaction of each table; later ones are sized from the time the
+#: previous took (`Pace`), between the bounds. A checkpoint row costs more than a write
+#: (its body's overflow pages are freed, and zeroed where SQLite is built with secure
+#: delete).
+FIRST_WRITES = 8000
+FIRST_CHECKPOINTS = 2000
+MIN_ROWS = 200
+MAX_ROWS = 200_000
+
+
+class Pace:
+    """Rows per transaction for one table, steered toward `TRANSACTION_SECONDS`."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    def __call__(self) -> int:
+        return self.rows
+
+    def took(self, rows: int, seconds: float) -> None:
+        """A transaction of `rows` rows took `seconds`: size the next one (at most double
+        or half this one's size, within the bounds)."""
+        if rows <= 0 or seconds <= 0:
+            return
+        wanted = rows * TRANSACTION_SECONDS / seconds
+        self.rows = int(max(MIN_ROWS, min(MAX_ROWS, 2 * rows, max(rows / 2, wanted))))
+
 
 WRITE_ROWS_SQL = """
 SELECT rowid, thread_id, checkpoint_ns, checkpoint_id, coalesce(length(value), 0)
@@ -145,22 +174,30 @@ def checkpoints_program(
 class StagedFlush:
     """One flush of a `SqliteStage`: its transactions as programs, in rowid order, and
     the results as they commit. The drivers run each program in a write transaction and
-    hand what it returns to `committed`."""
+    hand what it returns, and how long it took, to `committed`."""
 
     def __init__(self, stage: SqliteStage) -> None:
         self.stage = stage
         self.pending: Pending = {}
+        self.writes = Pace(FIRST_WRITES)
+        self.checkpoints = Pace(FIRST_CHECKPOINTS)
+        self._pace = self.writes
+        self._rows = 0
 
     def transactions(self) -> Iterator[Program[Deleted]]:
         """The flush's transactions, writes first; each is made once the one before it
-        committed (it reads the late floor that one left)."""
-        for rowids, guards in self.stage.writes.chunks(WRITES_PER_TRANSACTION):
+        committed (it reads the late floor that one left, and is sized by its time)."""
+        self._pace = self.writes
+        for rowids, guards in self.stage.writes.chunks(self.writes, MIN_ROWS):
+            self._rows = len(rowids)
             yield writes_program(rowids, guards, self.stage)
+        self._pace = self.checkpoints
         last = self.stage.checkpoints.last()
-        for rowids, guards in self.stage.checkpoints.chunks(CHECKPOINTS_PER_TRANSACTION):
+        for rowids, guards in self.stage.checkpoints.chunks(self.checkpoints, MIN_ROWS):
+            self._rows = len(rowids)
             yield checkpoints_program(rowids, guards, self.stage, self.pending, last)
 
-    def committed(self, deleted: Deleted) -> None:
+    def committed(self, deleted: Deleted, seconds: float) -> None:
         """Count a committed transaction's deletes into the staged threads' results."""
         for tid, (checkpoints, writes, size) in deleted.counts.items():
             result = self.stage.results[tid]
@@ -170,6 +207,7 @@ class StagedFlush:
         self.stage.late_floor = deleted.late_floor
         if deleted.pending is not None:
             self.pending = deleted.pending
+        self._pace.took(self._rows, seconds)
 
     def finish(self, halted: bool) -> list[ThreadResult]:
         """The staged threads' results (a warning on each that fell short of its plan);

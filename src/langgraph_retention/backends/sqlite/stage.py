@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from langgraph_retention.report import ThreadResult
 
@@ -26,8 +26,9 @@ __all__ = ["MAX_STAGED_ROWS", "SqliteStage", "StagedRows"]
 #: 20,000-thread sweep's memory flat (measured in the README, "At scale: SQLite").
 MAX_STAGED_ROWS = 1_000_000
 
-#: Samples per chunk when the flush chooses chunk boundaries.
-_SAMPLES_PER_CHUNK = 8
+#: Chunk boundaries come from a sample of the staged rowids: at least this many samples
+#: in the smallest chunk.
+_SAMPLES_PER_CHUNK = 4
 
 #: One chunk of a flush: rowids (ascending ranges, unordered inside) and their guards.
 Chunk = tuple[list[int], list[int]]
@@ -50,10 +51,17 @@ class StagedRows:
         )
         self.count += len(rowids)
 
-    def chunks(self, size: int) -> Iterator[Chunk]:
-        """Every row once, in chunks of about `size` rows covering ascending rowid ranges."""
+    def chunks(self, size: Callable[[], int], finest: int) -> Iterator[Chunk]:
+        """Every row once, in chunks covering ascending rowid ranges, each of about
+        `size()` rows (asked again before every chunk, never much below `finest`)."""
+        step = max(1, finest // _SAMPLES_PER_CHUNK)
+        sample = sorted(rowid for run, _ in self.runs for rowid in run[::step])
+        per_sample = self.count / max(1, len(sample))
         positions = [0] * len(self.runs)
-        for hi in [*self._bounds(size), None]:
+        at = 0
+        while at < len(sample):
+            at += max(1, round(size() / per_sample))
+            hi = sample[at] if at < len(sample) else None
             rowids: list[int] = []
             guards: list[int] = []
             for i, (run, run_guards) in enumerate(self.runs):
@@ -64,14 +72,6 @@ class StagedRows:
                 positions[i] = end
             if rowids:
                 yield rowids, guards
-
-    def _bounds(self, size: int) -> list[int]:
-        """Rowids that split the rows into chunks of about `size`, from a sample of every
-        run (every `step`-th row)."""
-        step = max(1, size // _SAMPLES_PER_CHUNK)
-        sample = sorted(rowid for run, _ in self.runs for rowid in run[::step])
-        per_chunk = max(1, size // step)
-        return sample[per_chunk::per_chunk]
 
     def last(self) -> int:
         """The highest staged rowid (0 when empty)."""
