@@ -15,7 +15,7 @@ their checkpoint.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from langgraph_retention.report import ThreadResult
@@ -93,6 +93,8 @@ Pending = dict[int, list[tuple[int, int]]]
 class Deleted:
     """What one flush transaction deleted, applied to the results once it committed."""
 
+    #: The staged threads (only their rows are ever deleted).
+    owners: Mapping[str, ThreadResult]
     #: thread id -> [checkpoints, writes, bytes]
     counts: dict[str, list[int]] = field(default_factory=dict)
     #: The late floor after this transaction (see `SqliteStage.late_floor`).
@@ -100,32 +102,30 @@ class Deleted:
     #: Late writes still waiting (checkpoint transactions only).
     pending: Pending | None = None
 
-    def add(self, thread_id: str, checkpoints: int, writes: int, size: int) -> None:
-        c = self.counts.setdefault(thread_id, [0, 0, 0])
-        c[0] += checkpoints
-        c[1] += writes
-        c[2] += size
-
-
-def _matching(
-    rows: list[tuple[int, str, str, str, int]],
-    expected: dict[int, int],
-    stage: SqliteStage,
-) -> Iterator[tuple[int, str, int]]:
-    """(rowid, thread, bytes) of the rows read back that are still the staged ones."""
-    for rowid, tid, ns, cid, size in rows:
-        if expected.get(rowid) == guard(tid, ns, cid) and tid in stage.results:
-            yield rowid, tid, size
+    def verified(
+        self, rows: list[tuple[int, str, str, str, int]], expected: dict[int, int], column: int
+    ) -> list[int]:
+        """The rowids of `rows` (read back) still holding the staged rows, each counted
+        for its thread (`column` 0: a checkpoint, 1: a write) with its bytes."""
+        counts = self.counts
+        owners = self.owners
+        keep = []
+        for rowid, tid, ns, cid, size in rows:
+            if expected.get(rowid) == guard(tid, ns, cid) and tid in owners:
+                keep.append(rowid)
+                c = counts.get(tid)
+                if c is None:
+                    c = counts[tid] = [0, 0, 0]
+                c[column] += 1
+                c[2] += size
+        return keep
 
 
 def writes_program(rowids: list[int], guards: list[int], stage: SqliteStage) -> Program[Deleted]:
     """Delete one chunk of staged writes that still match."""
-    out = Deleted()
+    out = Deleted(stage.results)
     rows = yield WRITE_ROWS_SQL, (json.dumps(rowids),)
-    doomed = []
-    for rowid, tid, size in _matching(rows, dict(zip(rowids, guards, strict=True)), stage):
-        doomed.append(rowid)
-        out.add(tid, 0, 1, size)
+    doomed = out.verified(rows, dict(zip(rowids, guards, strict=True)), 1)
     if doomed:
         yield DELETE_WRITES_SQL, (json.dumps(doomed),)
     ((top,),) = yield TOP_WRITE_ROWID_SQL, ()
@@ -142,7 +142,7 @@ def checkpoints_program(
     Writes inserted above the late floor are read once each; those of a staged checkpoint
     not yet reached wait in `pending` for its transaction (`last`: the highest staged
     checkpoint rowid)."""
-    out = Deleted(pending={})
+    out = Deleted(stage.results, pending={})
     lo, hi = min(rowids), max(rowids)
     waiting = {cp: list(ws) for cp, ws in pending.items()}
     floor = stage.late_floor or 0
@@ -150,17 +150,11 @@ def checkpoints_program(
         if cp_rowid is not None and lo <= cp_rowid <= last and tid in stage.results:
             waiting.setdefault(cp_rowid, []).append((w_rowid, guard(tid, ns, cid)))
     rows = yield CHECKPOINT_ROWS_SQL, (json.dumps(rowids),)
-    doomed = []
-    for rowid, tid, size in _matching(rows, dict(zip(rowids, guards, strict=True)), stage):
-        doomed.append(rowid)
-        out.add(tid, 1, 0, size)
+    doomed = out.verified(rows, dict(zip(rowids, guards, strict=True)), 0)
     late = {w: g for cp in doomed for w, g in waiting.pop(cp, ())}
     if late:
         late_rows = yield WRITE_ROWS_SQL, (json.dumps(sorted(late)),)
-        matched = []
-        for rowid, tid, size in _matching(late_rows, late, stage):
-            matched.append(rowid)
-            out.add(tid, 0, 1, size)
+        matched = out.verified(late_rows, late, 1)
         if matched:
             yield DELETE_WRITES_SQL, (json.dumps(matched),)
     if doomed:
