@@ -30,7 +30,7 @@ __all__ = ["TRANSACTION_SECONDS", "Pace", "StagedFlush"]
 #: transactions cost less in all: each rewrites the primary-key index pages its rows'
 #: entries sit on (a rowid range holds rows of every thread), and its commit is
 #: checkpointed into the file separately.
-TRANSACTION_SECONDS = 0.2
+TRANSACTION_SECONDS = 0.3
 
 #: Rows in the first transaction of each table; later ones are sized from the time the
 #: previous took (`Pace`), between the bounds. A checkpoint row costs more than a write
