@@ -81,12 +81,8 @@ VACUUM_SQL = "VACUUM"
 
 R = TypeVar("R")
 
-#: A staged batch's expired threads, re-read and deleted whole in a write transaction:
-#: the results, and the writes table's highest rowid after it (for the stage's late floor).
-Expiries = Program[tuple[list[ThreadResult], int]]
-
-
 def _staged(stage: Stage) -> SqliteStage:
+    """The engine hands back the stage `open_stage` made."""
     if not isinstance(stage, SqliteStage):
         raise TypeError(f"a SQLite sweep stages in a SqliteStage, got {type(stage).__name__}")
     return stage
@@ -95,8 +91,9 @@ def _staged(stage: Stage) -> SqliteStage:
 def _settle(
     stage: SqliteStage, batch: StagedBatch, expired: tuple[list[ThreadResult], int] | None
 ) -> list[ThreadResult]:
-    """Stage a batch that read (and, for its expired threads, deleted) without error;
-    the threads settled now are returned."""
+    """Stage a batch whose read (and, for its expired threads, whole-thread delete: the
+    results and the writes' highest rowid after it) succeeded; return the threads
+    settled now."""
     results = list(batch.results)
     if expired is not None:
         results += expired[0]

@@ -355,10 +355,9 @@ def stage_program(
     batch = yield from _plan_program(thread_ids, policy, now, loads, explain, expire)
     ((top,),) = yield TOP_WRITE_ROWID_SQL, ()
     out = StagedBatch(top_write=int(top))
-    expired = {id(r) for r, _n, _size in batch.expired}
-    doomed_ids = {id(r) for r, _doomed in batch.doomed}
-    out.results = [r for r in batch.results if id(r) not in expired and id(r) not in doomed_ids]
     out.expired = [r.thread_id for r, _n, _size in batch.expired]
+    later = set(out.expired) | {r.thread_id for r, _doomed in batch.doomed}
+    out.results = [r for r in batch.results if r.thread_id not in later]
     keys: list[list[str]] = []
     for result, doomed in batch.doomed:
         tid = result.thread_id

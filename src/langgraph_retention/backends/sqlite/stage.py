@@ -13,8 +13,6 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 
-from langgraph_retention.report import ThreadResult
-
 from ..base import Stage
 from .prune import StagedBatch
 
@@ -77,9 +75,6 @@ class StagedRows:
         """The highest staged rowid (0 when empty)."""
         return max((run[-1] for run, _ in self.runs), default=0)
 
-    def nbytes(self) -> int:
-        return sum(r.itemsize * len(r) + g.itemsize * len(g) for r, g in self.runs)
-
 
 class SqliteStage(Stage):
     """Doomed checkpoints and writes of a sweep's batches, by rowid, for one flush."""
@@ -124,7 +119,3 @@ class SqliteStage(Stage):
         self.writes = StagedRows()
         self.planned = {}
         self.late_floor = None
-
-    def owner(self, thread_id: str) -> ThreadResult | None:
-        """The staged result of `thread_id`, if it is staged here."""
-        return self.results.get(thread_id)
