@@ -23,6 +23,8 @@ from langgraph_retention.backends.sqlite import flush
 from langgraph_retention.demo import build_agent, chat, populate
 from langgraph_retention.report import PruneReport, ThreadResult
 
+from .graphs import build_delta_graph
+
 THREADS = [(f"user {i}:{i:03d}", 3) for i in range(6)]  # 15 checkpoints each
 IDS = [tid for tid, _ in THREADS]
 KEEP = RetentionPolicy(keep_last=2)
@@ -251,6 +253,35 @@ def test_a_reused_rowid_is_not_deleted(store: Path) -> None:
 
 def cols(conn: sqlite3.Connection, table: str) -> str:
     return ", ".join(r[1] for r in conn.execute(f"PRAGMA table_info({table})"))
+
+
+def test_a_delta_channel_fork_between_plan_and_flush_keeps_its_state(store: Path) -> None:
+    """A DeltaChannel checkpoint rebuilds its state from its ancestors, and the flush
+    deletes what a plan doomed before the run forked from it. The fork loses nothing:
+    LangGraph starts a fork with a snapshot (no `counters_since_delta_snapshot`), so
+    its checkpoints need only each other."""
+    conn = connect(store)
+    saver = SqliteSaver(conn)
+    delta = build_delta_graph(SqliteSaver(connect(store)), snapshot_frequency=7)
+    for i in range(9):
+        delta.invoke({"items": [f"in{i}"]}, cfg("delta"))
+    current = delta.get_state(cfg("delta"))
+    fork: list[Any] = []
+
+    def fork_an_old_checkpoint() -> None:  # between the plan and the flush
+        old = history(delta, "delta")[-2]  # rebuilt from its parent
+        delta.invoke({"items": ["fork"]}, cfg("delta", old))
+        fork.append(delta.get_state(cfg("delta")))
+
+    report = sweep(
+        saver, RetentionPolicy(keep_last=1), batch_size=100, stop=on_call(2, fork_an_old_checkpoint)
+    )
+    assert report.ok and report.deleted_checkpoints > 0
+    assert fork and fork[0].values["items"] != current.values["items"]
+    assert delta.get_state(cfg("delta")) == fork[0]
+    assert delta.get_state(current.config) == current
+    assert orphans(store) == 0
+    conn.close()
 
 
 # -- stopped or failing between flush transactions ------------------------------------------
