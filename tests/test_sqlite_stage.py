@@ -8,6 +8,7 @@ its Nth call runs between the plan and the flush, or between two flush transacti
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -155,6 +156,28 @@ def test_sweep_reads_in_read_transactions_and_deletes_in_the_flush(store: Path) 
     deletes = [i for i, s in enumerate(statements) if s.lstrip().startswith("DELETE")]
     assert [statements[i].split()[2] for i in deletes] == ["writes", "checkpoints"]
     assert begins[-2] < deletes[0] < begins[-1] < deletes[1]
+    conn.close()
+
+
+def test_a_flush_transaction_deletes_no_more_than_the_largest_batch(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`batch_size` still bounds the work of each write transaction, hence an app's wait."""
+    monkeypatch.setattr(flush, "MIN_ROWS", 1)
+    conn = connect(store)
+    planned: list[ThreadResult] = []
+    sweep(SqliteSaver(conn), KEEP, dry_run=True, progress=planned.append)
+    largest = max(r.deleted_checkpoints + r.deleted_writes for r in planned)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    report = sweep(SqliteSaver(conn), KEEP, batch_size=1)
+    conn.set_trace_callback(None)
+    assert report.ok and report.deleted_checkpoints == 6 * 13
+    deletes = [s for s in statements if s.startswith("DELETE FROM")]
+    sizes = [len(json.loads(s[s.index("json_each('") + 11 : s.rindex("')")])) for s in deletes]
+    assert sum(sizes) == report.deleted_checkpoints + report.deleted_writes
+    assert max(sizes) <= largest < sum(sizes) / 4
+    assert statements.count("BEGIN IMMEDIATE") >= 5
     conn.close()
 
 

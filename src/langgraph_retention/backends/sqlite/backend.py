@@ -81,6 +81,7 @@ VACUUM_SQL = "VACUUM"
 
 R = TypeVar("R")
 
+
 def _staged(stage: Stage) -> SqliteStage:
     """The engine hands back the stage `open_stage` made."""
     if not isinstance(stage, SqliteStage):

@@ -29,13 +29,14 @@ __all__ = ["TRANSACTION_SECONDS", "Pace", "StagedFlush"]
 #: commit runs) included: an app's write waits for about one at most. Fewer, longer
 #: transactions cost less in all: each rewrites the primary-key index pages its rows'
 #: entries sit on (a rowid range holds rows of every thread), and its commit is
-#: checkpointed into the file separately.
+#: checkpointed into the file and synced separately.
 TRANSACTION_SECONDS = 0.3
 
 #: Rows in the first transaction of each table; later ones are sized from the time the
 #: previous took (`Pace`), between the bounds. A checkpoint row costs more than a write
 #: (its body's overflow pages are freed, and zeroed where SQLite is built with secure
-#: delete).
+#: delete). No transaction deletes more rows than the largest staged batch would have
+#: deleted in its own transaction: a smaller `batch_size` still means shorter waits.
 FIRST_WRITES = 8000
 FIRST_CHECKPOINTS = 2000
 MIN_ROWS = 200
@@ -43,10 +44,12 @@ MAX_ROWS = 200_000
 
 
 class Pace:
-    """Rows per transaction for one table, steered toward `TRANSACTION_SECONDS`."""
+    """Rows per transaction for one table, steered toward `TRANSACTION_SECONDS`, at most
+    `most` rows."""
 
-    def __init__(self, rows: int) -> None:
-        self.rows = rows
+    def __init__(self, rows: int, most: int) -> None:
+        self.most = max(MIN_ROWS, min(MAX_ROWS, most))
+        self.rows = max(MIN_ROWS, min(self.most, rows))
 
     def __call__(self) -> int:
         return self.rows
@@ -57,7 +60,7 @@ class Pace:
         if rows <= 0 or seconds <= 0:
             return
         wanted = rows * TRANSACTION_SECONDS / seconds
-        self.rows = int(max(MIN_ROWS, min(MAX_ROWS, 2 * rows, max(rows / 2, wanted))))
+        self.rows = int(max(MIN_ROWS, min(self.most, 2 * rows, max(rows / 2, wanted))))
 
 
 WRITE_ROWS_SQL = """
@@ -173,8 +176,8 @@ class StagedFlush:
     def __init__(self, stage: SqliteStage) -> None:
         self.stage = stage
         self.pending: Pending = {}
-        self.writes = Pace(FIRST_WRITES)
-        self.checkpoints = Pace(FIRST_CHECKPOINTS)
+        self.writes = Pace(FIRST_WRITES, stage.largest_batch)
+        self.checkpoints = Pace(FIRST_CHECKPOINTS, stage.largest_batch)
         self._pace = self.writes
         self._rows = 0
 

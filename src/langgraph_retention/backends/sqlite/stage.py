@@ -86,6 +86,8 @@ class SqliteStage(Stage):
         self.writes = StagedRows()
         #: Checkpoints each staged thread's plan deletes (a shortfall is reported).
         self.planned: dict[str, int] = {}
+        #: The most rows (checkpoints and writes) one staged batch doomed.
+        self.largest_batch = 0
         #: Every write inserted after a staged batch's plan has a rowid above this: the
         #: lowest of the plans' highest write rowids and of the highest left after each
         #: of our deletes since (a row inserted after a delete of the top rows may get a
@@ -104,6 +106,8 @@ class SqliteStage(Stage):
         for result, planned in batch.staged:
             self.results[result.thread_id] = result
             self.planned[result.thread_id] = planned
+        rows = len(batch.checkpoint_rowids) + len(batch.write_rowids)
+        self.largest_batch = max(self.largest_batch, rows)
         self.checkpoints.add(batch.checkpoint_rowids, batch.checkpoint_guards)
         self.writes.add(batch.write_rowids, batch.write_guards)
         self.lower_late_floor(batch.top_write)
@@ -118,4 +122,5 @@ class SqliteStage(Stage):
         self.checkpoints = StagedRows()
         self.writes = StagedRows()
         self.planned = {}
+        self.largest_batch = 0
         self.late_floor = None
