@@ -8,7 +8,9 @@ its Nth call runs between the plan and the flush, or between two flush transacti
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from langgraph_retention import RetentionPolicy, asweep, stats, sweep
 from langgraph_retention.backends.sqlite import flush
+from langgraph_retention.backends.sqlite.stage import StagedRows
 from langgraph_retention.demo import build_agent, chat, populate
 from langgraph_retention.report import PruneReport, ThreadResult
 
@@ -116,6 +119,40 @@ def assert_counts_are_real(report: PruneReport, before: tuple[int, ...], saver: 
     assert report.deleted_checkpoints == before[0] - after[0]
     assert report.deleted_writes == before[1] - after[1]
     assert report.bytes_freed == before[2] - after[2]
+
+
+# -- the pure parts: chunks and pace ------------------------------------------------------
+
+
+def test_chunks_cover_every_staged_row_once_in_ascending_ranges() -> None:
+    rows = StagedRows()
+    rng = random.Random(3)
+    pool = rng.sample(range(1, 100_000), 40 * 900)  # rowids are unique across batches
+    batches = [pool[i * 900 : i * 900 + rng.randrange(0, 900)] for i in range(40)]
+    for b in batches:
+        rows.add(b, [r * 7 % 2**32 for r in b])
+    sizes = iter([50, 400, 3, 1000] + [250] * 1000)
+    chunks = list(rows.chunks(lambda: next(sizes), 1))
+    seen = [r for ids, _ in chunks for r in ids]
+    assert sorted(seen) == sorted(r for b in batches for r in b) and len(set(seen)) == len(seen)
+    assert all(g == r * 7 % 2**32 for ids, gs in chunks for r, g in zip(ids, gs, strict=True))
+    assert all(max(a) < min(b) for (a, _), (b, _) in itertools.pairwise(chunks))
+    assert 20 <= len(chunks[0][0]) <= 100 and 200 <= len(chunks[1][0]) <= 600
+
+
+def test_pace_steers_toward_its_target_within_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flush, "TRANSACTION_SECONDS", 0.3)
+    pace = flush.Pace(2000, most=10_000)
+    pace.took(2000, 0.01)  # far too short: at most double
+    assert pace() == 4000
+    pace.took(4000, 0.3)
+    assert pace() == 4000
+    pace.took(4000, 3.0)  # far too long: at most half
+    assert pace() == 2000
+    for _ in range(10):
+        pace.took(pace(), 0.001)
+    assert pace() == 10_000  # never above the largest batch
+    assert flush.Pace(50_000, most=100)() == flush.MIN_ROWS
 
 
 # -- the staged sweep does what the batch-by-batch one did ------------------------------------

@@ -7,9 +7,9 @@ Stopped between two transactions, the flush leaves no writes without their check
 
 Each transaction reads its rows back first and deletes only those whose guard still
 matches (a rowid freed and taken by a new row since the plan is not ours), counting what
-it deletes per thread. Writes inserted after a plan for a checkpoint it dooms (a run
-replaying an old checkpoint) are found above `SqliteStage.late_floor` and deleted with
-their checkpoint.
+it deletes per thread. Writes inserted after a plan for a checkpoint it dooms (a task of
+that checkpoint committing late) are found above `SqliteStage.late_floor` and deleted
+with their checkpoint.
 """
 
 from __future__ import annotations
