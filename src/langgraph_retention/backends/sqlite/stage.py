@@ -16,13 +16,17 @@ from collections.abc import Callable, Iterator, Sequence
 from ..base import Stage
 from .prune import StagedBatch
 
-__all__ = ["MAX_STAGED_ROWS", "SqliteStage", "StagedRows"]
+__all__ = ["MAX_STAGED_ROWS", "MAX_STAGED_THREADS", "SqliteStage", "StagedRows"]
 
 #: Rows (checkpoints and writes) a stage holds before the sweep flushes it: ~12 MB of
 #: buffers. On a scattered store every flush rewrites most leaf pages of `writes` (13
 #: rows of 13 threads on each), so fewer flushes write fewer pages; this bound keeps a
 #: 20,000-thread sweep's memory flat (measured in the README, "At scale: SQLite").
 MAX_STAGED_ROWS = 1_000_000
+
+#: Threads a stage holds before the sweep flushes it (each staged thread's result waits
+#: in memory, a few hundred bytes): the bound for stores of many small threads.
+MAX_STAGED_THREADS = 20_000
 
 #: Chunk boundaries come from a sample of the staged rowids: at least this many samples
 #: in the smallest chunk.
@@ -79,9 +83,12 @@ class StagedRows:
 class SqliteStage(Stage):
     """Doomed checkpoints and writes of a sweep's batches, by rowid, for one flush."""
 
-    def __init__(self, max_rows: int = MAX_STAGED_ROWS) -> None:
+    def __init__(
+        self, max_rows: int = MAX_STAGED_ROWS, max_threads: int = MAX_STAGED_THREADS
+    ) -> None:
         super().__init__()
         self.max_rows = max_rows
+        self.max_threads = max_threads
         self.checkpoints = StagedRows()
         self.writes = StagedRows()
         #: Checkpoints each staged thread's plan deletes (a shortfall is reported).
@@ -95,7 +102,8 @@ class SqliteStage(Stage):
         self.late_floor: int | None = None
 
     def full(self) -> bool:
-        return self.checkpoints.count + self.writes.count >= self.max_rows
+        rows = self.checkpoints.count + self.writes.count
+        return rows >= self.max_rows or len(self.results) >= self.max_threads
 
     def add(self, batch: StagedBatch) -> None:
         """Take a batch's doomed rows and its staged threads' results (only once the
