@@ -22,7 +22,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from langgraph_retention import RetentionPolicy, asweep, stats, sweep
-from langgraph_retention.backends.sqlite import flush
+from langgraph_retention.backends.sqlite import flush, stage
 from langgraph_retention.backends.sqlite.stage import StagedRows
 from langgraph_retention.demo import build_agent, chat, populate
 from langgraph_retention.report import PruneReport, ThreadResult
@@ -174,6 +174,27 @@ def test_staged_sweep_equals_the_dry_run(store: Path, batch_size: int) -> None:
     assert all(not r.warnings for r in done)
     assert_counts_are_real(report, before, saver)
     assert states(graph, IDS) == current
+    assert orphans(store) == 0
+    conn.close()
+
+
+def test_a_full_stage_is_flushed_mid_sweep(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stage, "MAX_STAGED_THREADS", 2)
+    conn = connect(store)
+    saver = SqliteSaver(conn)
+    before = totals(saver)
+    planned: list[ThreadResult] = []
+    dry = sweep(saver, KEEP, dry_run=True, progress=planned.append)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    done: list[ThreadResult] = []
+    report = sweep(saver, KEEP, batch_size=1, progress=done.append)
+    conn.set_trace_callback(None)
+    assert report.ok and by_thread(report, done) == by_thread(dry, planned)
+    kinds = [s for s in statements if s in ("BEGIN", "BEGIN IMMEDIATE")]
+    flushes = "".join("r" if k == "BEGIN" else "w" for k in kinds).replace("ww", "w")
+    assert flushes.count("rrw") == 3  # two batches read, then their flush, three times
+    assert_counts_are_real(report, before, saver)
     assert orphans(store) == 0
     conn.close()
 

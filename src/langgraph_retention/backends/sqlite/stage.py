@@ -83,12 +83,10 @@ class StagedRows:
 class SqliteStage(Stage):
     """Doomed checkpoints and writes of a sweep's batches, by rowid, for one flush."""
 
-    def __init__(
-        self, max_rows: int = MAX_STAGED_ROWS, max_threads: int = MAX_STAGED_THREADS
-    ) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.max_rows = max_rows
-        self.max_threads = max_threads
+        self.max_rows = MAX_STAGED_ROWS
+        self.max_threads = MAX_STAGED_THREADS
         self.checkpoints = StagedRows()
         self.writes = StagedRows()
         #: Checkpoints each staged thread's plan deletes (a shortfall is reported).
