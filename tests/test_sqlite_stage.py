@@ -242,27 +242,35 @@ def test_a_flush_transaction_deletes_no_more_than_the_largest_batch(
 # -- the app writes between the plan and the flush -----------------------------------------
 
 
-def test_turn_committed_after_the_plan_is_kept_and_the_thread_resumes(store: Path) -> None:
+@pytest.mark.parametrize("run", ["next turn", "fork of a doomed checkpoint"])
+def test_a_run_committed_after_the_plan_is_kept_and_the_thread_resumes(
+    store: Path, run: str
+) -> None:
     conn = connect(store)
     saver = SqliteSaver(conn)
     graph = build_agent(SqliteSaver(connect(store)))  # the app's own connection
     tid = IDS[0]
     old = history(graph, tid)[-3]  # doomed by the plan
-    forked: list[str] = []
+    written: list[str] = []
 
-    def fork() -> None:  # the app replays from that old checkpoint: a fork, new checkpoints
+    def app_runs() -> None:  # between the plan and the flush
         before = set(history(graph, tid))
-        graph.invoke(None, cfg(tid, old))
-        forked.extend(set(history(graph, tid)) - before)
+        if run == "next turn":
+            graph.invoke({"messages": [HumanMessage("and then?")]}, cfg(tid))
+        else:  # the app replays from the old checkpoint: a fork, new checkpoints
+            graph.invoke(None, cfg(tid, old))
+        written.extend(set(history(graph, tid)) - before)
+        current.append(graph.get_state(cfg(tid)))
 
-    report = sweep(saver, KEEP, batch_size=100, stop=on_call(2, fork))  # before the flush
-    assert report.ok and forked
+    current: list[Any] = []
+    report = sweep(saver, KEEP, batch_size=100, stop=on_call(2, app_runs))
+    assert report.ok and written and report.deleted_checkpoints == 6 * 13
     ids = history(graph, tid)
-    assert old not in ids and set(forked) <= set(ids) and len(ids) == 2 + len(forked)
-    assert graph.get_state(cfg(tid)).config["configurable"]["checkpoint_id"] == ids[0]
+    assert old not in ids and set(written) <= set(ids) and len(ids) == 2 + len(written)
+    assert graph.get_state(cfg(tid)) == current[0]
     graph.invoke({"messages": [HumanMessage("and now?")]}, cfg(tid))
     assert graph.get_state(cfg(tid)).values["messages"][-1].content
-    assert len(history(graph, tid)) > 3
+    assert len(history(graph, tid)) > len(ids)
     assert orphans(store) == 0
     conn.close()
 
