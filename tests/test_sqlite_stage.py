@@ -53,8 +53,6 @@ def store(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture
 def small_transactions(monkeypatch: pytest.MonkeyPatch) -> None:
     """Flush transactions of 10 rows each, so a small store's flush takes many."""
-    monkeypatch.setattr(flush, "FIRST_WRITES", 10)
-    monkeypatch.setattr(flush, "FIRST_CHECKPOINTS", 10)
     monkeypatch.setattr(flush, "MIN_ROWS", 10)
     monkeypatch.setattr(flush, "MAX_ROWS", 10)
 

@@ -32,13 +32,12 @@ __all__ = ["TRANSACTION_SECONDS", "Pace", "StagedFlush"]
 #: checkpointed into the file and synced separately.
 TRANSACTION_SECONDS = 0.3
 
-#: Rows in the first transaction of each table; later ones are sized from the time the
-#: previous took (`Pace`), between the bounds. A checkpoint row costs more than a write
-#: (its body's overflow pages are freed, and zeroed where SQLite is built with secure
-#: delete). No transaction deletes more rows than the largest staged batch would have
-#: deleted in its own transaction: a smaller `batch_size` still means shorter waits.
-FIRST_WRITES = 8000
-FIRST_CHECKPOINTS = 2000
+#: No transaction deletes more rows than the largest staged batch would have deleted in
+#: its own transaction (a smaller `batch_size` still means shorter waits); the first of
+#: each table deletes that many writes, or this share of it in checkpoints (a checkpoint
+#: row costs more: its body's overflow pages are freed, and zeroed where SQLite is built
+#: with secure delete). Later ones are sized from the time the previous took (`Pace`).
+FIRST_CHECKPOINTS_SHARE = 0.5
 MIN_ROWS = 200
 MAX_ROWS = 200_000
 
@@ -176,8 +175,9 @@ class StagedFlush:
     def __init__(self, stage: SqliteStage) -> None:
         self.stage = stage
         self.pending: Pending = {}
-        self.writes = Pace(FIRST_WRITES, stage.largest_batch)
-        self.checkpoints = Pace(FIRST_CHECKPOINTS, stage.largest_batch)
+        most = stage.largest_batch
+        self.writes = Pace(most, most)
+        self.checkpoints = Pace(int(most * FIRST_CHECKPOINTS_SHARE), most)
         self._pace = self.writes
         self._rows = 0
 
