@@ -32,12 +32,16 @@ __all__ = ["TRANSACTION_SECONDS", "Pace", "StagedFlush"]
 #: checkpointed into the file and synced separately.
 TRANSACTION_SECONDS = 0.3
 
-#: No transaction deletes more rows than the largest staged batch would have deleted in
-#: its own transaction (a smaller `batch_size` still means shorter waits); the first of
-#: each table deletes that many writes, or this share of it in checkpoints (a checkpoint
-#: row costs more: its body's overflow pages are freed, and zeroed where SQLite is built
-#: with secure delete). Later ones are sized from the time the previous took (`Pace`).
-FIRST_CHECKPOINTS_SHARE = 0.5
+#: No transaction deletes more rows than this many of the largest staged batch would
+#: have deleted in their own transactions (a smaller `batch_size` still means shorter
+#: waits; a write costs less to delete than a checkpoint, so a transaction of writes
+#: alone may take more rows than a batch in the same time). The first transaction of
+#: each table deletes one batch's worth of writes, or this share of it in checkpoints
+#: (a checkpoint row costs more: its body's overflow pages are freed, and zeroed where
+#: SQLite is built with secure delete). Later ones are sized from the time the previous
+#: took (`Pace`).
+MOST_BATCHES = 2
+FIRST_CHECKPOINTS_SHARE = 0.25
 MIN_ROWS = 200
 MAX_ROWS = 200_000
 
@@ -175,9 +179,9 @@ class StagedFlush:
     def __init__(self, stage: SqliteStage) -> None:
         self.stage = stage
         self.pending: Pending = {}
-        most = stage.largest_batch
-        self.writes = Pace(most, most)
-        self.checkpoints = Pace(int(most * FIRST_CHECKPOINTS_SHARE), most)
+        batch = stage.largest_batch
+        self.writes = Pace(batch, MOST_BATCHES * batch)
+        self.checkpoints = Pace(int(batch * FIRST_CHECKPOINTS_SHARE), MOST_BATCHES * batch)
         self._pace = self.writes
         self._rows = 0
 
