@@ -130,7 +130,7 @@ def test_chunks_cover_every_staged_row_once_in_ascending_ranges() -> None:
     for b in batches:
         rows.add(b, [r * 7 % 2**32 for r in b])
     sizes = iter([50, 400, 3, 1000] + [250] * 1000)
-    chunks = list(rows.chunks(lambda: next(sizes), 1))
+    chunks = list(rows.chunks(lambda: next(sizes), 1, 10**9))
     seen = [r for ids, _ in chunks for r in ids]
     assert sorted(seen) == sorted(r for b in batches for r in b) and len(set(seen)) == len(seen)
     assert all(g == r * 7 % 2**32 for ids, gs in chunks for r, g in zip(ids, gs, strict=True))

@@ -41,7 +41,7 @@ TRANSACTION_SECONDS = 0.3
 #: SQLite is built with secure delete). Later ones are sized from the time the previous
 #: took (`Pace`).
 MOST_BATCHES = 2
-FIRST_CHECKPOINTS_SHARE = 0.25
+FIRST_CHECKPOINTS_SHARE = 0.5
 MIN_ROWS = 200
 MAX_ROWS = 200_000
 
@@ -189,12 +189,14 @@ class StagedFlush:
         """The flush's transactions, writes first; each is made once the one before it
         committed (it reads the late floor that one left, and is sized by its time)."""
         self._pace = self.writes
-        for rowids, guards in self.stage.writes.chunks(self.writes, MIN_ROWS):
+        for rowids, guards in self.stage.writes.chunks(self.writes, MIN_ROWS, self.writes.most):
             self._rows = len(rowids)
             yield writes_program(rowids, guards, self.stage)
         self._pace = self.checkpoints
         last = self.stage.checkpoints.last()
-        for rowids, guards in self.stage.checkpoints.chunks(self.checkpoints, MIN_ROWS):
+        for rowids, guards in self.stage.checkpoints.chunks(
+            self.checkpoints, MIN_ROWS, self.checkpoints.most
+        ):
             self._rows = len(rowids)
             yield checkpoints_program(rowids, guards, self.stage, self.pending, last)
 

@@ -53,16 +53,20 @@ class StagedRows:
         )
         self.count += len(rowids)
 
-    def chunks(self, size: Callable[[], int], finest: int) -> Iterator[Chunk]:
+    def chunks(self, size: Callable[[], int], finest: int, most: int) -> Iterator[Chunk]:
         """Every row once, in chunks covering ascending rowid ranges, each of about
-        `size()` rows (asked again before every chunk, never much below `finest`)."""
+        `size()` rows (asked again before every chunk, never much below `finest`); a
+        tail of less than half a chunk joins the chunk before it when both fit in `most`
+        (one transaction fewer)."""
         step = max(1, finest // _SAMPLES_PER_CHUNK)
         sample = sorted(rowid for run, _ in self.runs for rowid in run[::step])
         per_sample = self.count / max(1, len(sample))
         positions = [0] * len(self.runs)
         at = 0
         while at < len(sample):
-            at += max(1, round(size() / per_sample))
+            wanted = max(1, round(size() / per_sample))
+            left = len(sample) - at
+            at += left if left < 1.5 * wanted and left * per_sample <= most else wanted
             hi = sample[at] if at < len(sample) else None
             rowids: list[int] = []
             guards: list[int] = []
