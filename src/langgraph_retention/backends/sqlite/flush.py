@@ -30,7 +30,7 @@ __all__ = ["TRANSACTION_SECONDS", "Pace", "StagedFlush"]
 #: transactions cost less in all: each rewrites the primary-key index pages its rows'
 #: entries sit on (a rowid range holds rows of every thread), and its commit is
 #: checkpointed into the file and synced separately.
-TRANSACTION_SECONDS = 0.3
+TRANSACTION_SECONDS = 0.4
 
 #: No transaction deletes more rows than this many of the largest staged batch would
 #: have deleted in their own transactions (a smaller `batch_size` still means shorter
