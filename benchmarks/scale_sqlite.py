@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
-import resource
 import shutil
 import sqlite3
 import statistics
@@ -94,15 +94,40 @@ def fresh_copy(pristine: Path, path: Path) -> None:
 
 # -- contenders (each runs in its own child process) ------------------------------------
 
+#: Our flush transactions' time target for the children (`--flush-seconds`).
+FLUSH_SECONDS_ENV = "SCALE_SQLITE_FLUSH_SECONDS"
+
 
 def run_ours(path: Path, keep: int, batch: int) -> dict[str, Any]:
     from langgraph_retention import RetentionPolicy, sweep
+    from langgraph_retention.backends.sqlite import flush
+    from langgraph_retention.backends.sqlite.backend import SqliteBackend
 
+    if os.environ.get(FLUSH_SECONDS_ENV):
+        flush.TRANSACTION_SECONDS = float(os.environ[FLUSH_SECONDS_ENV])
+    writes: list[float] = []  # our write transactions' seconds (their checkpoints included)
+    run_program = SqliteBackend._exec
+
+    def timed(self: SqliteBackend, program: Any, *, write: bool) -> Any:
+        start = time.perf_counter()
+        try:
+            return run_program(self, program, write=write)
+        finally:
+            if write:
+                writes.append(time.perf_counter() - start)
+
+    SqliteBackend._exec = timed  # type: ignore[method-assign]
     conn = sqlite3.connect(str(path), check_same_thread=False)
     report = sweep(SqliteSaver(conn), RetentionPolicy(keep_last=keep), batch_size=batch)
     assert report.ok, report.errors
     conn.close()
-    return {"deleted": report.deleted_checkpoints}
+    writes.sort()
+    return {
+        "deleted": report.deleted_checkpoints,
+        "write_txns": len(writes),
+        "write_txn_median_ms": statistics.median(writes) * 1e3 if writes else 0.0,
+        "write_txn_max_ms": writes[-1] * 1e3 if writes else 0.0,
+    }
 
 
 def run_floor(path: Path, keep: int, batch: int) -> dict[str, Any]:
@@ -122,11 +147,18 @@ def run_stats(path: Path, keep: int, batch: int) -> dict[str, Any]:
 CONTENDERS = {"ours": run_ours, "floor": run_floor, "stats": run_stats}
 
 
+def peak_rss_kib() -> int:
+    """This process's own peak RSS (VmHWM): getrusage's ru_maxrss is not, Linux carries
+    the parent's over fork and exec."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
 def child(name: str, path: Path, keep: int, batch: int) -> None:
     start = time.perf_counter()
     out = CONTENDERS[name](path, keep, batch)
     out["seconds"] = time.perf_counter() - start
-    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["rss_mb"] = peak_rss_kib() / 1024
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -203,6 +235,8 @@ def median_p99(xs: list[float]) -> str:
 def query_plans(path: Path) -> None:
     """`EXPLAIN QUERY PLAN` of every statement ours runs, on this store."""
     from langgraph_retention.backends.sqlite import backend as b
+    from langgraph_retention.backends.sqlite import flush as f
+    from langgraph_retention.backends.sqlite import prune as p
 
     conn = sqlite3.connect(str(path))
     tid = conn.execute("SELECT thread_id FROM checkpoints LIMIT 1").fetchone()[0]
@@ -219,11 +253,16 @@ def query_plans(path: Path) -> None:
     statements: dict[str, tuple[str, Any]] = {
         "FIRST_THREAD_PAGE_SQL": (b.FIRST_THREAD_PAGE_SQL, (100,)),
         "NEXT_THREAD_PAGE_SQL": (b.NEXT_THREAD_PAGE_SQL, (tid, 100)),
-        "INDEX_SQL": (b.INDEX_SQL, {"threads": ids, "tag_path": None, "tag_text": None}),
-        "SPECIAL_WRITES_SQL": (b.SPECIAL_WRITES_SQL, (ids,)),
-        "DOOMED_WRITES_SQL": (b.DOOMED_WRITES_SQL, (keys,)),
-        "DELETE_WRITES_SQL": (b.DELETE_WRITES_SQL, (rowids,)),
-        "DELETE_CHECKPOINTS_SQL": (b.DELETE_CHECKPOINTS_SQL, (rowids,)),
+        "INDEX_SQL": (p.INDEX_SQL, {"threads": ids, "tag_path": None, "tag_text": None}),
+        "SPECIAL_WRITES_SQL": (p.SPECIAL_WRITES_SQL, (ids,)),
+        "DOOMED_WRITES_SQL": (p.DOOMED_WRITES_SQL, (keys,)),
+        "DOOMED_WRITE_ROWIDS_SQL": (p.DOOMED_WRITE_ROWIDS_SQL, (keys,)),
+        "TOP_WRITE_ROWID_SQL": (p.TOP_WRITE_ROWID_SQL, ()),
+        "WRITE_ROWS_SQL": (f.WRITE_ROWS_SQL, (rowids,)),
+        "CHECKPOINT_ROWS_SQL": (f.CHECKPOINT_ROWS_SQL, (rowids,)),
+        "LATE_WRITES_SQL": (f.LATE_WRITES_SQL, (0,)),
+        "DELETE_WRITES_SQL": (p.DELETE_WRITES_SQL, (rowids,)),
+        "DELETE_CHECKPOINTS_SQL": (p.DELETE_CHECKPOINTS_SQL, (rowids,)),
         "CHECKPOINT_STATS_SQL": (b.CHECKPOINT_STATS_SQL, (ids,)),
         "WRITE_STATS_SQL": (b.WRITE_STATS_SQL, (ids,)),
     }
@@ -248,6 +287,12 @@ def main() -> None:
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--floor-sizes", default=None, help="run the floor only at these sizes")
     ap.add_argument("--latency-size", type=int, default=None, help="default: the largest size")
+    ap.add_argument(
+        "--flush-seconds",
+        type=float,
+        default=None,
+        help="our flush transactions' time target (default: the library's)",
+    )
     ap.add_argument("--child", nargs=4, metavar=("NAME", "PATH", "KEEP", "BATCH"))
     args = ap.parse_args()
     if args.child:
@@ -255,6 +300,8 @@ def main() -> None:
         child(name, Path(path), int(keep), int(batch))
         return
 
+    if args.flush_seconds is not None:
+        os.environ[FLUSH_SECONDS_ENV] = str(args.flush_seconds)
     sizes = [int(s) for s in args.sizes.split(",")]
     floor_sizes = [int(s) for s in (args.floor_sizes or args.sizes).split(",")]
     with tempfile.TemporaryDirectory() as scratch:
@@ -292,7 +339,8 @@ def main() -> None:
         print(f"\nSQLite, scattered layout, keep {args.keep}, our batch {args.batch}")
         print(
             f"{'threads':>8} {'checkpoints':>12} {'floor s':>8} {'ours s':>8} {'x floor':>8}"
-            f" {'ours ms/1k cp':>14} {'ours peak RSS MB':>17}"
+            f" {'ours ms/1k cp':>14} {'ours peak RSS MB':>17} {'write txns':>10}"
+            f" {'median ms':>9} {'max ms':>7}"
         )
         for size, total, r in rows:
             o = r["ours"]["seconds"]
@@ -300,6 +348,8 @@ def main() -> None:
             print(
                 f"{size:8d} {total:12d} {f:8.2f} {o:8.2f} {o / f:8.2f} "
                 f"{o / total * 1e6:14.1f} {r['ours']['rss_mb']:17.0f}"
+                f" {r['ours']['write_txns']:10d} {r['ours']['write_txn_median_ms']:9.0f}"
+                f" {r['ours']['write_txn_max_ms']:7.0f}"
             )
 
         largest = root / f"scattered-{sizes[-1]}.db"

@@ -1,12 +1,13 @@
-"""Which pages one write transaction of a SQLite sweep rewrites, by B-tree and page kind.
+"""Which pages a SQLite sweep writes, by B-tree and page kind.
 
-Runs one batch of our sweep (the first `--batch` threads) or the floor on a copy of a
-store with automatic WAL checkpoints off, then reads the page number of every frame in
-the WAL and looks each up in `dbstat` of the untouched store. Every distinct page in the
-WAL is written twice (WAL, then the checkpoint into the file) and fsynced: on a scattered
-store, the cost of a transaction is about its distinct pages.
+Runs our sweep of the first `--batch` threads (or, with `--whole`, of every thread) or
+the floor on a copy of a store with automatic WAL checkpoints off, then reads the page
+number of every frame in the WAL and looks each up in `dbstat` of the untouched store.
+Each frame is a page written to the WAL and (by the checkpoint after its commit) into
+the file: a page rewritten by several transactions has a frame in each. On a scattered
+store, a sweep's cost is about its frames.
 
-    python benchmarks/sqlite_pages.py STORE.db [--batch 100] [--floor] [--keep 5]
+    python benchmarks/sqlite_pages.py STORE.db [--batch 100 | --whole] [--floor] [--keep 5]
 """
 
 from __future__ import annotations
@@ -33,13 +34,17 @@ FRAME_HEADER = 24
 PAGE_KINDS_SQL = "SELECT pageno, name, pagetype FROM dbstat"
 
 
-def wal_pages(wal: Path, page_size: int) -> set[int]:
-    """The distinct page numbers of every frame in a WAL file."""
-    data = wal.read_bytes()
-    pages = set()
-    for off in range(WAL_HEADER, len(data) - FRAME_HEADER + 1, FRAME_HEADER + page_size):
-        pages.add(struct.unpack(">I", data[off : off + 4])[0])
-    return pages
+def wal_frames(wal: Path, page_size: int) -> collections.Counter[int]:
+    """How many frames of a WAL file hold each page."""
+    frames: collections.Counter[int] = collections.Counter()
+    with wal.open("rb") as f:
+        f.seek(WAL_HEADER)
+        while header := f.read(FRAME_HEADER):
+            if len(header) < FRAME_HEADER:
+                break
+            frames[struct.unpack(">I", header[:4])[0]] += 1
+            f.seek(page_size, 1)
+    return frames
 
 
 def main() -> None:
@@ -47,6 +52,7 @@ def main() -> None:
     ap.add_argument("store", type=Path)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--keep", type=int, default=5)
+    ap.add_argument("--whole", action="store_true", help="our sweep of every thread")
     ap.add_argument("--floor", action="store_true", help="the floor's one transaction")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.store.parent) as scratch:
@@ -68,17 +74,28 @@ def main() -> None:
                 )
             ]
             policy = RetentionPolicy(keep_last=args.keep)
-            sweep(SqliteSaver(conn), policy, thread_ids=ids, batch_size=args.batch)
-        pages = wal_pages(Path(str(run) + "-wal"), page_size)
+            if args.whole:
+                sweep(SqliteSaver(conn), policy, batch_size=args.batch)
+            else:
+                sweep(SqliteSaver(conn), policy, thread_ids=ids, batch_size=args.batch)
+        frames = wal_frames(Path(str(run) + "-wal"), page_size)
         conn.close()  # the last connection checkpoints and removes the WAL
     src = sqlite3.connect(str(args.store))
     kinds = {p: (name, kind) for p, name, kind in src.execute(PAGE_KINDS_SQL)}
     src.close()
-    counts = collections.Counter(kinds.get(p, ("(new)", "")) for p in pages)
-    who = "floor" if args.floor else f"one batch of {args.batch} threads"
-    print(f"{args.store.name}, {who}: {len(pages)} distinct pages in the WAL")
-    for (name, kind), n in counts.most_common():
-        print(f"  {name:32s} {kind:9s} {n:8d}")
+    pages: collections.Counter[tuple[str, str]] = collections.Counter()
+    written: collections.Counter[tuple[str, str]] = collections.Counter()
+    for p, n in frames.items():
+        pages[kinds.get(p, ("(new)", ""))] += 1
+        written[kinds.get(p, ("(new)", ""))] += n
+    if args.floor:
+        who = "floor"
+    else:
+        who = "our whole sweep" if args.whole else f"our sweep of {args.batch} threads"
+    print(f"{args.store.name}, {who}: {sum(frames.values())} frames, {len(frames)} distinct pages")
+    print(f"  {'b-tree':32s} {'kind':9s} {'pages':>8s} {'frames':>8s}")
+    for key, n in written.most_common():
+        print(f"  {key[0]:32s} {key[1]:9s} {pages[key]:8d} {n:8d}")
 
 
 if __name__ == "__main__":

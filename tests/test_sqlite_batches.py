@@ -1,6 +1,7 @@
-"""SQLite write transactions: a batch deletes by rowid in one statement per table, with a
-wider page cache and (in WAL mode) `synchronous = NORMAL`, both put back afterwards (the
-app's connection is left as it was)."""
+"""SQLite write transactions: a sweep's flush (`test_sqlite_stage.py`) deletes by rowid in
+one statement per table per transaction, with a wider page cache and (in WAL mode)
+`synchronous = NORMAL`, both put back afterwards (the app's connection is left as it
+was)."""
 
 from __future__ import annotations
 
@@ -56,12 +57,14 @@ def test_sweep_widens_cache_inside_transaction_only(tmp_path: Path, app_cache: i
     assert conn.execute("PRAGMA cache_size").fetchone()[0] == app_cache
     widened = [s for s in statements if s == f"PRAGMA cache_size = {-WRITE_CACHE_KIB}"]
     begins = [i for i, s in enumerate(statements) if s == "BEGIN IMMEDIATE"]
-    assert len(begins) == 3  # 7 threads in batches of 3
+    assert len(begins) == 2  # the flush: one transaction of writes, one of checkpoints
     if app_cache == -2000:
-        assert len(widened) == 3
+        assert len(widened) == 2
         for i in begins:  # widened right before each write transaction, put back after
             assert f"PRAGMA cache_size = {-WRITE_CACHE_KIB}" in statements[i - 2 : i]
-        assert statements.count(f"PRAGMA cache_size = {app_cache}") == 3
+            c = statements.index("COMMIT", i)
+            assert statements[c + 1 : c + 3].count(f"PRAGMA cache_size = {app_cache}") == 1
+        assert statements.count(f"PRAGMA cache_size = {app_cache}") == 2
     else:
         assert widened == []  # an app's bigger cache is never touched
     assert _orphans(conn) == 0
@@ -69,7 +72,7 @@ def test_sweep_widens_cache_inside_transaction_only(tmp_path: Path, app_cache: i
     conn.close()
 
 
-def test_one_delete_per_table_per_batch(tmp_path: Path) -> None:
+def test_one_delete_per_table_per_flush_transaction(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     _store(path)
     conn = sqlite3.connect(str(path), check_same_thread=False)
@@ -116,7 +119,7 @@ def test_commit_without_fsync_in_wal_mode_only(tmp_path: Path, journal_mode: str
     assert report.ok and report.deleted_checkpoints == 7 * 13
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     begins = [i for i, s in enumerate(statements) if s == "BEGIN IMMEDIATE"]
-    assert len(begins) == 2
+    assert len(begins) == 2  # the flush: writes, then checkpoints
     normal = [i for i, s in enumerate(statements) if s == "PRAGMA synchronous = 1"]
     full = [i for i, s in enumerate(statements) if s == "PRAGMA synchronous = 2"]
     if journal_mode == "wal":  # NORMAL from before each BEGIN to after its COMMIT
