@@ -13,10 +13,17 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from langgraph_retention import RetentionPolicy, asweep, stats, sweep
+from langgraph_retention.backends.sqlite import stage
 from langgraph_retention.backends.sqlite.settings import WRITE_CACHE_KIB, wider_cache
 from langgraph_retention.demo import build_agent, populate
 
 THREADS = [(f"user {i}:{i:03d}", 3) for i in range(7)]  # 15 checkpoints each
+
+
+@pytest.fixture(autouse=True)
+def staged_at_any_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage these small files' sweeps as a big store's are (the flush's transactions)."""
+    monkeypatch.setattr(stage, "STAGE_ABOVE_BYTES", -1)
 
 
 def _store(path: Path) -> None:

@@ -8,6 +8,7 @@ its Nth call runs between the plan and the flush, or between two flush transacti
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import random
@@ -22,8 +23,8 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from langgraph_retention import RetentionPolicy, asweep, stats, sweep
-from langgraph_retention.backends.sqlite import flush, stage
-from langgraph_retention.backends.sqlite.stage import StagedRows
+from langgraph_retention.backends.sqlite import AsyncSqliteBackend, SqliteBackend, flush, stage
+from langgraph_retention.backends.sqlite.stage import SqliteStage, StagedRows
 from langgraph_retention.demo import build_agent, chat, populate
 from langgraph_retention.report import PruneReport, ThreadResult
 
@@ -38,6 +39,12 @@ SELECT count(*) FROM writes w WHERE NOT EXISTS (SELECT 1 FROM checkpoints c
 WHERE c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns
 AND c.checkpoint_id = w.checkpoint_id)
 """
+
+
+@pytest.fixture(autouse=True)
+def staged_at_any_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage these small files' sweeps as a big store's are."""
+    monkeypatch.setattr(stage, "STAGE_ABOVE_BYTES", -1)
 
 
 @pytest.fixture
@@ -474,3 +481,25 @@ async def test_async_staged_sweep_equals_the_dry_run_and_stops_cleanly(
         assert dry.deleted_checkpoints == 6 * 13
         assert {tid: await graph.aget_state(cfg(tid)) for tid in IDS} == current
         assert orphans(store) == 0
+
+
+def test_a_small_file_is_swept_batch_by_batch(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stage, "STAGE_ABOVE_BYTES", 256 * 1024 * 1024)  # the default
+    conn = connect(store)
+    saver = SqliteSaver(conn)
+
+    assert SqliteBackend(saver).open_stage() is None
+    report = sweep(saver, RetentionPolicy(keep_last=2))
+
+    assert report.ok and {s.checkpoints for s in stats(saver).threads.values()} == {2}
+    assert conn.execute(ORPHANS_SQL).fetchone() == (0,)
+
+
+def test_a_file_over_the_bound_stages_on_sync_and_async_savers(store: Path) -> None:
+    assert isinstance(SqliteBackend(SqliteSaver(connect(store))).open_stage(), SqliteStage)
+
+    async def opened() -> object:
+        async with AsyncSqliteSaver.from_conn_string(str(store)) as saver:
+            return await AsyncSqliteBackend(saver).aopen_stage()
+
+    assert isinstance(asyncio.run(opened()), SqliteStage)

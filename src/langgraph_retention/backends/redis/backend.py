@@ -513,7 +513,7 @@ class AsyncRedisBackend(Backend):
         await stage.submit(staged)
         return _unstaged(results, staged)
 
-    def open_stage(self) -> AsyncRedisStage:
+    async def aopen_stage(self) -> AsyncRedisStage:
         client = _check_client(self.saver)
 
         async def arun(program: Program[None]) -> None:

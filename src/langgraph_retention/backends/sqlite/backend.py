@@ -34,7 +34,7 @@ from .lock import FileSweepLock
 from .prune import Program, StagedBatch, prune_program, stage_program, with_top_write
 from .schema import database_file_program, missing_table, missing_tables_program, not_ready
 from .settings import write_settings_program
-from .stage import SqliteStage
+from .stage import SqliteStage, open_stage_program
 
 __all__ = ["AsyncSqliteBackend", "SqliteBackend"]
 
@@ -250,8 +250,8 @@ class SqliteBackend(Backend):
             expired = self._exec(with_top_write(program), write=True)
         return _settle(staged, batch, expired)
 
-    def open_stage(self) -> Stage:
-        return SqliteStage()
+    def open_stage(self) -> Stage | None:
+        return self._exec(open_stage_program(), write=False)
 
     def flush_stage(self, stage: Stage, halt: Halt) -> list[ThreadResult]:
         flush = StagedFlush(_staged(stage))
@@ -333,8 +333,8 @@ class AsyncSqliteBackend(Backend):
             expired = await self._aexec(with_top_write(program), write=True)
         return _settle(staged, batch, expired)
 
-    def open_stage(self) -> Stage:
-        return SqliteStage()
+    async def aopen_stage(self) -> Stage | None:
+        return await self._aexec(open_stage_program(), write=False)
 
     async def aflush_stage(self, stage: Stage, halt: Halt) -> list[ThreadResult]:
         flush = StagedFlush(_staged(stage))
