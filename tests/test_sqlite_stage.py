@@ -439,10 +439,11 @@ def test_a_failing_flush_fails_its_threads_with_what_they_reached(
     other.rollback()
     assert not report.ok and set(report.errors) == set(IDS)
     assert all("database is locked" in msg for msg in report.errors.values())
-    # The failed threads' results carry what their committed transactions deleted (the
-    # report's totals leave failed threads out): 4 transactions of writes ran.
+    # The failed threads' results carry what their committed transactions deleted, and
+    # the report's totals count it: 4 transactions of writes ran.
     reached = [sum(getattr(r, k) for r in results) for k in COUNTS]
     assert reached[0] == 0 and reached[1] == 40
+    assert [getattr(report, k) for k in COUNTS] == reached
     after = totals(saver)
     assert reached == [before[0] - after[0], before[1] - after[1], before[2] - after[2]]
     assert orphans(store) == 0

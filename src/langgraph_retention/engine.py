@@ -586,16 +586,21 @@ def sweep(
 ) -> PruneReport:
     """Prune many threads (None: every thread in the store), streamed in batches.
 
+    Each batch of `batch_size` threads is read and decided in one transaction (None takes
+    the store's own size). On a small store each batch also deletes there; on a big one
+    (a SQLite file over 256 MB, a PostgreSQL store over 16x `shared_buffers`) and on
+    Redis, batches stage their deletes and the sweep runs them in storage order in short
+    transactions of their own, when the stage is full and at the end (see `Stage`).
+
     A batch that fails is logged and its threads land in `report.errors`; the sweep
-    goes on with the next batch. `progress` is called once per thread. `stop` is asked
-    before each batch: True ends the sweep there (`report.stopped` says so), after the
-    batch in progress committed. With `exclusive`, the sweep first takes the store's
-    sweep lock (one sweeper at a time across processes and hosts) and raises
-    `SweepLockHeld` naming the holder when another sweep has it; a lock lost midway
-    stops the sweep after its current batch. `explain` and `on_before_delete` as in
-    `prune_thread` (the hook runs between transactions, never inside one). `batch_size`
-    threads go in each transaction; None takes the store's own size (DEFAULT_BATCH_SIZE,
-    or more where bigger batches cost less per thread, as on PostgreSQL).
+    goes on with the next batch. `progress` is called once per thread, when its deletes
+    have run. `stop` is asked before each batch and each transaction of staged deletes:
+    True ends the sweep there (`report.stopped` says so); whatever committed is counted,
+    and what a stop leaves undone the next sweep finds. With `exclusive`, the sweep first
+    takes the store's sweep lock (one sweeper at a time across processes and hosts) and
+    raises `SweepLockHeld` naming the holder when another sweep has it; a lock lost
+    midway stops the sweep as `stop` does. `explain` and `on_before_delete` as in
+    `prune_thread` (the hook runs between transactions, never inside one).
     """
     resolve = _check_policy(policy)
     ids = _check_thread_ids(thread_ids)

@@ -111,6 +111,8 @@ class PruneReport:
         self.threads_seen += 1
         if result.error is not None:
             self.errors[result.thread_id] = result.error
+            # A staged flush that failed midway did commit some deletes: count them.
+            self._add_deleted(result)
             return
         if result.exempt:
             self.threads_exempt += 1
@@ -122,13 +124,16 @@ class PruneReport:
             self.warnings[result.thread_id] = "; ".join(result.warnings)
         if result.decisions is not None:
             self.decisions[result.thread_id] = result.decisions
+        self._add_deleted(result)
+        self.kept_checkpoints += result.kept_checkpoints
+        if result.deleted_checkpoints:
+            self.threads_pruned += 1
+
+    def _add_deleted(self, result: ThreadResult) -> None:
         self.deleted_checkpoints += result.deleted_checkpoints
         self.deleted_writes += result.deleted_writes
         self.deleted_blobs += result.deleted_blobs
-        self.kept_checkpoints += result.kept_checkpoints
         self.bytes_freed += result.bytes_freed
-        if result.deleted_checkpoints:
-            self.threads_pruned += 1
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the report (decisions only when there are some)."""
